@@ -1,0 +1,41 @@
+# hvdtrain developer commands. `make setup` then `make test` on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NP ?= 2
+
+.PHONY: setup test unit parallel lint demo bench clean doctor
+
+setup:  ## system packages (as root), venv, frameworks, Horovod (cached build), hvdtrain
+	bash scripts/install_system_deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	PYTHON=$(PY) bash scripts/build_horovod.sh
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/hvdtrain doctor
+
+test: lint  ## the whole suite: lint, unit tests, multi-process tests under horovodrun/mpirun
+	$(PY) -m pytest tests
+
+unit:
+	$(PY) -m pytest tests -m "not parallel"
+
+parallel:
+	$(PY) -m pytest tests -m parallel
+
+lint:  ## ruff on Python, hadolint on every Dockerfile (docker/ and templates)
+	$(VENV)/bin/ruff check hvdtrain tests examples benchmarks
+	find docker hvdtrain/templates -name 'Dockerfile*' -print0 | xargs -0 -r $(VENV)/bin/hadolint
+
+demo:  ## the main job: 2-worker PyTorch training on the bundled digits data set
+	$(VENV)/bin/hvdtrain run -np $(NP) examples/pytorch_digits.py --epochs 30 --output-dir runs/demo
+
+doctor:
+	$(VENV)/bin/hvdtrain doctor
+
+bench:  ## throughput benchmarks; writes docs/performance.md and docs/performance.png
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

@@ -1,0 +1,177 @@
+"""Rank-0 checkpointing and exact resume, on top of ``CheckpointManager``."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import hvdtrain
+from hvdtrain.callbacks.base import Callback, Order
+from hvdtrain.callbacks.monitor import Monitor
+from hvdtrain.core.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, load_file
+from hvdtrain.core.context import TrainContext
+
+log = logging.getLogger("hvdtrain")
+
+
+class ModelCheckpoint(Callback):
+    """Saves model, optimizer, callbacks, counters, RNG and sampler position from rank 0.
+
+    Every rank takes part (RNG states are gathered), rank 0 writes atomically,
+    and the outcome is broadcast so that a failed write stops every rank with
+    the same error instead of leaving the others waiting.
+
+    Args:
+        directory: checkpoint directory.
+        monitor: metric for best-k retention; None keeps only the last N.
+        mode: "min", "max" or "auto" for ``monitor``.
+        keep_last: newest checkpoints to keep.
+        keep_best: best checkpoints (by ``monitor``) to keep.
+        every_n_epochs: save at the end of every n-th epoch (0 disables).
+        every_n_steps: also save every n optimizer steps, mid-epoch (None disables).
+    """
+
+    order = Order.CHECKPOINT
+
+    def __init__(self, directory: str | os.PathLike, monitor: Optional[str] = None, mode: str = "auto",
+                 keep_last: int = 2, keep_best: int = 1, every_n_epochs: int = 1,
+                 every_n_steps: Optional[int] = None) -> None:
+        self.monitor = Monitor(monitor, mode) if monitor else None
+        self.manager = CheckpointManager(directory, keep_last=keep_last,
+                                         keep_best=keep_best if monitor else 0,
+                                         mode=self.monitor.mode if self.monitor else "min")
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.last_saved: Optional[Path] = None
+
+    def on_batch_end(self, ctx: TrainContext) -> None:
+        if self.every_n_steps and ctx.global_step % self.every_n_steps == 0:
+            resume_point = dict(ctx.progress_state(), batch_index=ctx.batch_index + 1)
+            self.save(ctx, resume_point, score=None)
+
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        if self.every_n_epochs and (ctx.epoch + 1) % self.every_n_epochs == 0:
+            resume_point = dict(ctx.progress_state(), epoch=ctx.epoch + 1, batch_index=0,
+                                samples_seen_in_epoch=0)
+            score = self.monitor.read(ctx.logs) if self.monitor else None
+            self.save(ctx, resume_point, score)
+
+    def save(self, ctx: TrainContext, resume_point: dict[str, Any], score: Optional[float]) -> Path:
+        """Collective: gather RNG states, write on rank 0, share the outcome."""
+        rng_states = ctx.backend.allgather_object(ctx.adapter.rng_state())
+        outcome: dict[str, Any] = {}
+        if ctx.is_root:
+            outcome = self._write(ctx, resume_point, score, rng_states)
+        outcome = ctx.backend.broadcast_object(outcome)
+        if "error" in outcome:
+            raise CheckpointError(outcome["error"])
+        self.last_saved = Path(outcome["path"])
+        return self.last_saved
+
+    def _write(self, ctx: TrainContext, resume_point: dict[str, Any], score: Optional[float],
+               rng_states: list[Any]) -> dict[str, Any]:
+        state = {"model_optimizer": ctx.adapter.state_dict(ctx.model, ctx.optimizer),
+                 "progress": resume_point,
+                 "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
+                 "rng": rng_states}
+        metadata = {"world_size": ctx.size, "framework": ctx.adapter.name,
+                    "monitor": self.monitor.metric if self.monitor else None,
+                    "versions": dict(ctx.adapter.versions(), hvdtrain=hvdtrain.__version__)}
+        try:
+            path = self.manager.save(ctx.adapter.serialize(state), epoch=resume_point["epoch"],
+                                     global_step=ctx.global_step, score=score, metadata=metadata)
+        except OSError as err:
+            return {"error": f"could not write a checkpoint in {self.manager.directory}: {err}. "
+                             "Free disk space or choose another checkpoint directory."}
+        log.info("saved checkpoint %s", path)
+        return {"path": str(path)}
+
+
+class ResumeFromCheckpoint(Callback):
+    """Resumes from the newest valid checkpoint (or one file), loaded on rank 0.
+
+    Rank 0 loads model and optimizer state; ``BroadcastInitialState`` (which
+    runs next) spreads them. Counters, callback states and the per-rank RNG
+    states are broadcast here. Corrupted files are reported and skipped in
+    favour of the previous good one.
+
+    Args:
+        source: a checkpoint directory (newest valid file) or one checkpoint file.
+        required: fail when no checkpoint exists instead of starting fresh.
+        on_world_size_change: "reshard" (continue, re-sharding the data and
+            rescaling the LR) or "error".
+    """
+
+    order = Order.RESUME
+
+    def __init__(self, source: str | os.PathLike, required: bool = False,
+                 on_world_size_change: str = "reshard") -> None:
+        if on_world_size_change not in ("reshard", "error"):
+            raise ValueError("on_world_size_change must be 'reshard' or 'error' "
+                             f"(got {on_world_size_change!r})")
+        self.source = Path(source)
+        self.required = required
+        self.on_world_size_change = on_world_size_change
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        found: dict[str, Any] = {}
+        if ctx.is_root:
+            found = self._load_on_root(ctx)
+        found = ctx.backend.broadcast_object(found)
+        if "error" in found:
+            raise CheckpointError(found["error"])
+        if "path" not in found:
+            if self.required:
+                raise CheckpointError(f"no checkpoint found in {self.source}; train without resume first")
+            log.info("no checkpoint in %s: starting from scratch", self.source)
+            return
+        self._restore_everywhere(ctx, found)
+
+    def _load_on_root(self, ctx: TrainContext) -> dict[str, Any]:
+        try:
+            loaded = self._find()
+        except CheckpointError as err:
+            return {"error": str(err)}
+        if loaded is None:
+            return {}
+        info, payload = loaded
+        old_size = int(info.header.get("world_size", ctx.size))
+        if old_size != ctx.size and self.on_world_size_change == "error":
+            return {"error": f"{info.path} was written by a job of {old_size} workers but this job has "
+                             f"{ctx.size}. Relaunch with -np {old_size}, or resume with "
+                             "on_world_size_change='reshard' to re-shard the data."}
+        state = ctx.adapter.deserialize(payload)
+        ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
+        return {"path": str(info.path), "world_size": old_size, "progress": state["progress"],
+                "callbacks": state["callbacks"], "rng": state["rng"]}
+
+    def _find(self) -> Optional[tuple[CheckpointInfo, bytes]]:
+        if self.source.is_file() or self.source.suffix == ".ckpt":
+            return load_file(self.source)
+        return CheckpointManager(self.source).load_latest()
+
+    def _restore_everywhere(self, ctx: TrainContext, found: dict[str, Any]) -> None:
+        ctx.load_progress_state(found["progress"])
+        if ctx.callbacks is not None:
+            ctx.callbacks.load_state_dict(found["callbacks"])
+        old_size = found["world_size"]
+        if old_size == ctx.size:
+            ctx.adapter.set_rng_state(found["rng"][ctx.rank])
+        else:
+            self._reshard(ctx, old_size)
+        ctx.resumed_from = found["path"]
+        log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", found["path"],
+                 ctx.epoch, ctx.global_step, ctx.batch_index)
+
+    def _reshard(self, ctx: TrainContext, old_size: int) -> None:
+        log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
+                    "rescaling learning rates by %d/%d; per-rank RNG streams restart from the seed",
+                    old_size, ctx.size, ctx.size, old_size)
+        if ctx.is_root:
+            rates = ctx.adapter.get_learning_rates(ctx.optimizer)
+            ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
+        for callback in ctx.callbacks or ():
+            rescale = getattr(callback, "on_world_size_change", None)
+            if rescale:
+                rescale(old_size, ctx.size)

@@ -1,0 +1,74 @@
+"""Stop when a monitored metric stops improving, or when the loss is not finite."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hvdtrain.callbacks.base import Callback, Order
+from hvdtrain.callbacks.monitor import Monitor
+from hvdtrain.core.context import TrainContext
+
+
+class EarlyStopping(Callback):
+    """Requests a stop after ``patience`` epochs without improvement.
+
+    Reads metrics after ``MetricAverage``, so every rank sees the same values
+    and reaches the same decision; the loop still agrees on it across ranks.
+
+    Args:
+        monitor: metric to watch.
+        mode: "min", "max" or "auto".
+        patience: epochs without improvement to tolerate.
+        min_delta: smallest change that counts as improvement.
+    """
+
+    order = Order.EARLY_STOPPING
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
+                 min_delta: float = 0.0) -> None:
+        self.monitor = Monitor(monitor, mode, min_delta)
+        self.patience = patience
+        self.wait = 0
+
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        if self.monitor.update(self.monitor.read(ctx.logs)):
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            ctx.request_stop(f"early stopping: {self.monitor.metric} did not improve for "
+                             f"{self.wait} epochs (best {self.monitor.best:.6g})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.monitor.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.monitor.best = state["best"]
+        self.wait = state["wait"]
+
+
+class StopOnNonFinite(Callback):
+    """Stops every rank as soon as any rank's loss is NaN or infinite.
+
+    It agrees across ranks every ``check_every_n_steps`` batches (one tiny
+    collective), so all ranks leave the loop at the same step.
+    """
+
+    order = Order.GUARDS
+
+    def __init__(self, monitor: str = "loss", check_every_n_steps: int = 1) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1 (got {check_every_n_steps})")
+        self.metric = monitor
+        self.check_every_n_steps = check_every_n_steps
+        self._bad = False
+
+    def on_batch_end(self, ctx: TrainContext) -> None:
+        value = ctx.logs.get(self.metric)
+        if value is not None and not math.isfinite(float(value)):
+            if not self._bad:
+                ctx.request_stop(f"non-finite {self.metric} ({float(value)}) on rank {ctx.rank} "
+                                 f"at step {ctx.global_step}")
+            self._bad = True
+        if ctx.global_step % self.check_every_n_steps == 0:
+            ctx.agree_on_stop()

@@ -1,0 +1,101 @@
+"""CSV and TensorBoard logging of epoch metrics, on rank 0 only."""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hvdtrain.callbacks.base import Callback, Order
+from hvdtrain.core.context import TrainContext
+from hvdtrain.core.distributed import rank_zero_only
+
+
+class CSVLogger(Callback):
+    """Appends one row of epoch metrics per epoch to a CSV file (kept across resumes)."""
+
+    order = Order.LOGGING
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @rank_zero_only
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        row = {"epoch": ctx.epoch + 1, "global_step": ctx.global_step,
+               **{k: float(v) for k, v in sorted(ctx.logs.items())}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fields = self._existing_fields() or list(row)
+        if set(row) - set(fields):
+            fields += sorted(set(row) - set(fields))
+            self._rewrite_with(fields)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _existing_fields(self) -> Optional[list[str]]:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return None
+        with open(self.path, newline="") as f:
+            return next(csv.reader(f))
+
+    def _rewrite_with(self, fields: list[str]) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+
+class TensorBoardLogger(Callback):
+    """Writes epoch metrics (and the batch loss every n steps) as TensorBoard scalars.
+
+    Uses the ``tensorboard`` package directly, so it works with either framework.
+    """
+
+    order = Order.LOGGING
+
+    def __init__(self, log_dir: str | os.PathLike, log_every_n_steps: int = 50) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_every_n_steps = log_every_n_steps
+        self._writer: Optional[Any] = None
+
+    @rank_zero_only
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(self.log_dir))
+
+    @rank_zero_only
+    def on_batch_end(self, ctx: TrainContext) -> None:
+        if self.log_every_n_steps and ctx.global_step % self.log_every_n_steps == 0 and "loss" in ctx.logs:
+            self._scalars({"batch/loss": float(ctx.logs["loss"])}, ctx.global_step)
+
+    @rank_zero_only
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        self._scalars({f"epoch/{k}": float(v) for k, v in ctx.logs.items()}, ctx.epoch + 1)
+        self._writer.flush()
+
+    @rank_zero_only
+    def on_train_end(self, ctx: TrainContext) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
+        self.on_train_end(ctx)
+
+    def _scalars(self, values: dict[str, float], step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))

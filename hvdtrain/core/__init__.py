@@ -1,0 +1,1 @@
+"""Framework-agnostic core: collectives protocol, training state, checkpoints, sharding."""

@@ -1,0 +1,43 @@
+"""The protocol a framework adapter implements for the core and callbacks."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from hvdtrain.core.backend import Backend
+
+
+class FrameworkAdapter(Protocol):
+    """What the core needs from PyTorch or TensorFlow, and nothing more."""
+
+    name: str
+    backend: Backend
+
+    def broadcast_state(self, model: Any, optimizer: Any, root: int = 0) -> None:
+        """Make every rank's model and optimizer state equal to ``root``'s."""
+
+    def state_dict(self, model: Any, optimizer: Any) -> dict[str, Any]:
+        """Model and optimizer state, picklable by ``serialize``."""
+
+    def load_state_dict(self, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def get_learning_rates(self, optimizer: Any) -> list[float]:
+        """The current learning rate of each parameter group."""
+
+    def set_learning_rates(self, optimizer: Any, rates: list[float]) -> None:
+        """Set the learning rate of each parameter group."""
+
+    def rng_state(self) -> Any:
+        """This process's random number generator states (framework and NumPy)."""
+
+    def set_rng_state(self, state: Any) -> None:
+        """Restore what ``rng_state`` returned."""
+
+    def serialize(self, obj: Any) -> bytes:
+        """Encode a checkpoint payload."""
+
+    def deserialize(self, data: bytes) -> Any:
+        """Decode what ``serialize`` returned."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions to record in checkpoints (framework, Horovod)."""

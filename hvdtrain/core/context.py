@@ -1,0 +1,97 @@
+"""TrainContext: the one state object every callback hook receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hvdtrain.core.backend import Backend, SerialBackend, any_rank
+
+
+@dataclass
+class TrainContext:
+    """Mutable training state shared by the loop and the callbacks.
+
+    Attributes:
+        backend: collectives of the job (``SerialBackend`` for one process).
+        adapter: the framework adapter (see ``hvdtrain.core.adapter``).
+        model: the framework model.
+        optimizer: the (distributed) optimizer.
+        max_epochs: number of epochs to train.
+        epoch: current epoch, 0-based.
+        global_step: optimizer steps taken since the start of training.
+        batch_index: batch within the current epoch, 0-based.
+        steps_per_epoch: batches per epoch on every rank, if known.
+        logs: metrics of the current batch or epoch; callbacks may add to it.
+        stop_training: true once the ranks agreed to stop (see ``agree_on_stop``).
+        stop_reason: human-readable reason for stopping.
+        resumed_from: the checkpoint path training resumed from, if any.
+        sample_count: samples this rank processed in the current epoch.
+        samples_seen_in_epoch: samples all ranks together processed this epoch.
+        callbacks: the running ``CallbackList``.
+        history: one dict of epoch logs per finished epoch.
+        extras: anything the loop or user callbacks want to share.
+    """
+
+    backend: Backend = field(default_factory=SerialBackend)
+    adapter: Any = None
+    model: Any = None
+    optimizer: Any = None
+    max_epochs: int = 1
+    epoch: int = 0
+    global_step: int = 0
+    batch_index: int = 0
+    steps_per_epoch: Optional[int] = None
+    logs: dict[str, float] = field(default_factory=dict)
+    stop_training: bool = False
+    stop_reason: Optional[str] = None
+    resumed_from: Optional[str] = None
+    sample_count: int = 0
+    samples_seen_in_epoch: int = 0
+    callbacks: Any = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    _stop_wish: bool = field(default=False, repr=False)
+
+    @property
+    def rank(self) -> int:
+        return self.backend.rank
+
+    @property
+    def size(self) -> int:
+        return self.backend.size
+
+    @property
+    def is_root(self) -> bool:
+        return self.backend.rank == 0
+
+    def request_stop(self, reason: str) -> None:
+        """Ask to stop. The loop acts on it at the next agreement (the epoch's end)."""
+        self._stop_wish = True
+        self.stop_reason = self.stop_reason or reason
+
+    def agree_on_stop(self) -> bool:
+        """Collective: stop every rank if any rank requested it; returns the decision.
+
+        Every rank must call this at the same point. The loop does so at every
+        epoch end; a callback that must stop mid-epoch calls it itself.
+        """
+        wish = self._stop_wish
+        if any_rank(self.backend, wish):
+            self.stop_training = True
+            reasons = self.backend.allgather_object(self.stop_reason if wish else None)
+            self.stop_reason = next(r for r in reasons if r)
+        return self.stop_training
+
+    def progress_state(self) -> dict[str, Any]:
+        """Counters needed to resume exactly where training left off."""
+        return {"epoch": self.epoch, "global_step": self.global_step,
+                "batch_index": self.batch_index, "samples_seen_in_epoch": self.samples_seen_in_epoch,
+                "history": list(self.history)}
+
+    def load_progress_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``progress_state`` returned."""
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.batch_index = int(state["batch_index"])
+        self.samples_seen_in_epoch = int(state.get("samples_seen_in_epoch", 0))
+        self.history = list(state.get("history", []))
