@@ -1,7 +1,8 @@
 """The callback protocol and the ordered list that runs it."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from hvdtrain.core.context import TrainContext
 
@@ -50,7 +51,7 @@ class Callback:
 
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None: ...
 
-    def state_dict(self) -> Optional[dict[str, Any]]:
+    def state_dict(self) -> dict[str, Any] | None:
         """State to save in checkpoints, or None when there is none."""
         return None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hvdtrain
 from hvdtrain.callbacks.base import Callback, Order
@@ -34,16 +34,16 @@ class ModelCheckpoint(Callback):
 
     order = Order.CHECKPOINT
 
-    def __init__(self, directory: str | os.PathLike, monitor: Optional[str] = None, mode: str = "auto",
+    def __init__(self, directory: str | os.PathLike, monitor: str | None = None, mode: str = "auto",
                  keep_last: int = 2, keep_best: int = 1, every_n_epochs: int = 1,
-                 every_n_steps: Optional[int] = None) -> None:
+                 every_n_steps: int | None = None) -> None:
         self.monitor = Monitor(monitor, mode) if monitor else None
         self.manager = CheckpointManager(directory, keep_last=keep_last,
                                          keep_best=keep_best if monitor else 0,
                                          mode=self.monitor.mode if self.monitor else "min")
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
-        self.last_saved: Optional[Path] = None
+        self.last_saved: Path | None = None
 
     def on_batch_end(self, ctx: TrainContext) -> None:
         if self.every_n_steps and ctx.global_step % self.every_n_steps == 0:
@@ -57,7 +57,7 @@ class ModelCheckpoint(Callback):
             score = self.monitor.read(ctx.logs) if self.monitor else None
             self.save(ctx, resume_point, score)
 
-    def save(self, ctx: TrainContext, resume_point: dict[str, Any], score: Optional[float]) -> Path:
+    def save(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None) -> Path:
         """Collective: gather RNG states, write on rank 0, share the outcome."""
         rng_states = ctx.backend.allgather_object(ctx.adapter.rng_state())
         outcome: dict[str, Any] = {}
@@ -69,7 +69,7 @@ class ModelCheckpoint(Callback):
         self.last_saved = Path(outcome["path"])
         return self.last_saved
 
-    def _write(self, ctx: TrainContext, resume_point: dict[str, Any], score: Optional[float],
+    def _write(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None,
                rng_states: list[Any]) -> dict[str, Any]:
         state = {"model_optimizer": ctx.adapter.state_dict(ctx.model, ctx.optimizer),
                  "progress": resume_point,
@@ -146,7 +146,7 @@ class ResumeFromCheckpoint(Callback):
         return {"path": str(info.path), "world_size": old_size, "progress": state["progress"],
                 "callbacks": state["callbacks"], "rng": state["rng"]}
 
-    def _find(self) -> Optional[tuple[CheckpointInfo, bytes]]:
+    def _find(self) -> tuple[CheckpointInfo, bytes] | None:
         if self.source.is_file() or self.source.suffix == ".ckpt":
             return load_file(self.source)
         return CheckpointManager(self.source).load_latest()

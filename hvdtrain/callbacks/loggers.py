@@ -5,7 +5,7 @@ import csv
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.core.context import TrainContext
@@ -35,7 +35,7 @@ class CSVLogger(Callback):
                 writer.writeheader()
             writer.writerow(row)
 
-    def _existing_fields(self) -> Optional[list[str]]:
+    def _existing_fields(self) -> list[str] | None:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return None
         with open(self.path, newline="") as f:
@@ -65,7 +65,7 @@ class TensorBoardLogger(Callback):
     def __init__(self, log_dir: str | os.PathLike, log_every_n_steps: int = 50) -> None:
         self.log_dir = Path(log_dir)
         self.log_every_n_steps = log_every_n_steps
-        self._writer: Optional[Any] = None
+        self._writer: Any | None = None
 
     @rank_zero_only
     def on_train_begin(self, ctx: TrainContext) -> None:

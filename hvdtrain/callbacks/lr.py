@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.core.context import TrainContext
@@ -27,15 +28,15 @@ class LearningRateSchedule(Callback):
 
     order = Order.LEARNING_RATE
 
-    def __init__(self, multiplier: Optional[Multiplier] = None, warmup_epochs: float = 0.0,
-                 warmup_start_factor: Optional[float] = None) -> None:
+    def __init__(self, multiplier: Multiplier | None = None, warmup_epochs: float = 0.0,
+                 warmup_start_factor: float | None = None) -> None:
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0 (got {warmup_epochs})")
         self.multiplier = multiplier
         self.warmup_epochs = warmup_epochs
         self.warmup_start_factor = warmup_start_factor
-        self.base_lrs: Optional[list[float]] = None
-        self._last_factor: Optional[float] = None
+        self.base_lrs: list[float] | None = None
+        self._last_factor: float | None = None
 
     def on_train_begin(self, ctx: TrainContext) -> None:
         if self.base_lrs is None:  # not restored from a checkpoint
@@ -75,7 +76,7 @@ class LearningRateSchedule(Callback):
 class LearningRateWarmup(LearningRateSchedule):
     """Linear warmup from the single-worker LR to the scaled LR, then constant."""
 
-    def __init__(self, warmup_epochs: float = 5.0, start_factor: Optional[float] = None) -> None:
+    def __init__(self, warmup_epochs: float = 5.0, start_factor: float | None = None) -> None:
         super().__init__(None, warmup_epochs, start_factor)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.core.backend import allreduce_mean
@@ -19,7 +19,7 @@ class MetricAverage(Callback):
 
     order = Order.METRICS
 
-    def __init__(self, weighted: bool = False, exclude: Optional[Iterable[str]] = None) -> None:
+    def __init__(self, weighted: bool = False, exclude: Iterable[str] | None = None) -> None:
         self.weighted = weighted
         self.exclude = set(exclude or ())
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 
 class Monitor:
@@ -22,7 +22,7 @@ class Monitor:
         self.metric = metric
         self.mode = mode
         self.min_delta = abs(min_delta)
-        self.best: Optional[float] = None
+        self.best: float | None = None
 
     def read(self, logs: dict[str, Any]) -> float:
         """The monitored value from ``logs``.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.core.context import TrainContext
@@ -20,7 +20,7 @@ class ProgressBar(Callback):
 
     def __init__(self, refresh_every_n_steps: int = 10) -> None:
         self.refresh_every_n_steps = refresh_every_n_steps
-        self._bar: Optional[Any] = None
+        self._bar: Any | None = None
 
     @rank_zero_only
     def on_epoch_begin(self, ctx: TrainContext) -> None:

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hvdtrain.core.checkpoint_io import (
     CheckpointError,
@@ -34,7 +34,7 @@ class CheckpointInfo:
     path: Path
     epoch: int
     global_step: int
-    score: Optional[float]
+    score: float | None
     header: dict[str, Any]
 
 
@@ -79,8 +79,8 @@ class CheckpointManager:
                                         header.get("score"), header))
         return sorted(infos, key=lambda i: (i.global_step, i.epoch, i.path.name))
 
-    def save(self, payload: bytes, *, epoch: int, global_step: int, score: Optional[float] = None,
-             metadata: Optional[dict[str, Any]] = None) -> Path:
+    def save(self, payload: bytes, *, epoch: int, global_step: int, score: float | None = None,
+             metadata: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint atomically, then delete those the policy no longer keeps."""
         self.directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.directory)
@@ -98,12 +98,12 @@ class CheckpointManager:
                 info.path.unlink(missing_ok=True)
                 log.debug("removed old checkpoint %s", info.path)
 
-    def best(self, k: int = 1, infos: Optional[list[CheckpointInfo]] = None) -> list[CheckpointInfo]:
+    def best(self, k: int = 1, infos: list[CheckpointInfo] | None = None) -> list[CheckpointInfo]:
         """The ``k`` best-scored checkpoints, best first."""
         scored = [i for i in (infos if infos is not None else self.checkpoints()) if i.score is not None]
         return sorted(scored, key=lambda i: i.score, reverse=self.mode == "max")[:k]
 
-    def load_latest(self) -> Optional[tuple[CheckpointInfo, bytes]]:
+    def load_latest(self) -> tuple[CheckpointInfo, bytes] | None:
         """The newest checkpoint that verifies, falling back past corrupted ones.
 
         Returns:
@@ -134,7 +134,7 @@ def load_file(path: str | os.PathLike) -> tuple[CheckpointInfo, bytes]:
                           header), payload
 
 
-def _finite_or_none(score: Optional[float]) -> Optional[float]:
+def _finite_or_none(score: float | None) -> float | None:
     if score is None:
         return None
     score = float(score)

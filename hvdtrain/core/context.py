@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hvdtrain.core.backend import Backend, SerialBackend, any_rank
 
@@ -40,11 +40,11 @@ class TrainContext:
     epoch: int = 0
     global_step: int = 0
     batch_index: int = 0
-    steps_per_epoch: Optional[int] = None
+    steps_per_epoch: int | None = None
     logs: dict[str, float] = field(default_factory=dict)
     stop_training: bool = False
-    stop_reason: Optional[str] = None
-    resumed_from: Optional[str] = None
+    stop_reason: str | None = None
+    resumed_from: str | None = None
     sample_count: int = 0
     samples_seen_in_epoch: int = 0
     callbacks: Any = None

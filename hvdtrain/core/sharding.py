@@ -6,12 +6,15 @@ rank ``r`` takes every ``size``-th index of each global batch starting at ``r``.
 So every rank takes the same number of steps (no rank waits in an allreduce
 the others skipped), and the union of the shards is the whole data set.
 The position within an epoch is counted in global samples, so an epoch can be
-resumed mid-way, even with a different world size.
+resumed mid-way, even with a different world size. A final remainder smaller
+than the world size joins the previous global batch. Only when fewer samples
+than ranks remain in an epoch (a data set smaller than the world, or a resume
+right at an epoch's end on more workers) are those samples skipped.
 """
 from __future__ import annotations
 
-import math
-from typing import Iterator
+import itertools
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -65,20 +68,33 @@ class ShardedOrder:
 
     def __len__(self) -> int:
         """Steps left in the current epoch (the same on every rank)."""
+        return len(self._boundaries()) - 1
+
+    def _boundaries(self) -> list[int]:
+        # Global batch edges within the epoch. A final remainder too small to
+        # give every rank a sample is merged into the previous batch, so no
+        # rank ever gets an empty batch and no sample is skipped.
         remaining = self.num_samples - self.start
-        if self.drop_last:
-            return remaining // self.global_batch_size
-        return math.ceil(remaining / self.global_batch_size)
+        full, tail = divmod(remaining, self.global_batch_size)
+        edges = [self.start + i * self.global_batch_size for i in range(full + 1)]
+        if tail and not self.drop_last:
+            if tail >= self.size or full == 0:
+                edges.append(self.num_samples)
+            else:
+                edges[-1] = self.num_samples
+        if full == 0 and tail < self.size:
+            return [self.start]  # fewer samples than ranks left: nothing to split evenly
+        return edges
 
     def global_batches(self) -> Iterator[np.ndarray]:
         """The global batches left in this epoch, as index arrays."""
         order = self.permutation()
-        for step in range(len(self)):
-            begin = self.start + step * self.global_batch_size
-            yield order[begin:begin + self.global_batch_size]
+        edges = self._boundaries()
+        for begin, end in itertools.pairwise(edges):
+            yield order[begin:end]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """This rank's batches: index arrays, possibly empty on a short final step."""
+        """This rank's batches as index arrays (never empty)."""
         for batch in self.global_batches():
             yield batch[self.rank::self.size]
 

@@ -1,0 +1,67 @@
+"""The PyTorch framework adapter: broadcast, state I/O, learning rates and RNG."""
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+import horovod
+import horovod.torch as hvd
+import numpy as np
+import torch
+
+from hvdtrain.core.backend import Backend
+
+
+class TorchAdapter:
+    """Implements ``hvdtrain.core.adapter.FrameworkAdapter`` for PyTorch."""
+
+    name = "torch"
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
+        hvd.broadcast_parameters(model.state_dict(), root_rank=root)
+        if optimizer is not None:
+            hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+
+    def state_dict(self, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None}
+
+    def load_state_dict(self, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+        model.load_state_dict(state["model"])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+
+    def get_learning_rates(self, optimizer: Any) -> list[float]:
+        return [float(group["lr"]) for group in optimizer.param_groups]
+
+    def set_learning_rates(self, optimizer: Any, rates: list[float]) -> None:
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+
+    def rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def serialize(self, obj: Any) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    def deserialize(self, data: bytes) -> Any:
+        # Checkpoints hold optimizer and RNG state, not only tensors: only load files you trust.
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "horovod": horovod.__version__}

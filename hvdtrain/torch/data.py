@@ -1,0 +1,81 @@
+"""Sharded batches for PyTorch: a fast path for in-memory tensors and a DataLoader sampler."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler, TensorDataset
+
+from hvdtrain.core.sharding import ShardedOrder
+
+
+class DistributedBatchSampler(Sampler[list[int]]):
+    """A batch sampler giving this rank its shard (use as ``DataLoader(batch_sampler=...)``).
+
+    Unlike ``torch.utils.data.DistributedSampler`` it neither pads nor drops:
+    every sample is seen exactly once per epoch and all ranks take the same
+    number of steps. Call ``set_epoch`` every epoch (the Trainer does).
+    """
+
+    def __init__(self, num_samples: int, rank: int, size: int, batch_size: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False) -> None:
+        self.order = ShardedOrder(num_samples, rank, size, batch_size, shuffle, seed, drop_last)
+
+    def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
+        self.order.set_epoch(epoch, samples_seen)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for indices in self.order:
+            yield indices.tolist()
+
+    def global_batches(self) -> Iterator[int]:
+        """Size of each global batch of the epoch, step by step."""
+        for batch in self.order.global_batches():
+            yield len(batch)
+
+
+class TensorBatches:
+    """Batches of in-memory tensors by direct indexing (no per-sample Python work).
+
+    Args:
+        tensors: tensors with the same first dimension (e.g. inputs, targets).
+        sampler: the rank's ``DistributedBatchSampler``.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor], sampler: DistributedBatchSampler) -> None:
+        self.tensors = tuple(tensors)
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for indices in self.sampler.order:
+            index = torch.from_numpy(indices)
+            yield tuple(t.index_select(0, index) for t in self.tensors)
+
+
+def as_tensors(data: object) -> tuple[torch.Tensor, ...] | None:
+    """The tensors behind ``data`` if it is a TensorDataset or a tuple of tensors, else None."""
+    if isinstance(data, TensorDataset):
+        return tuple(data.tensors)
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        lengths = {len(t) for t in data}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors given as data have different lengths {sorted(lengths)}; "
+                             "inputs and targets must have one row per sample")
+        return tuple(data)
+    return None
+
+
+def dataset_length(data: object) -> int:
+    tensors = as_tensors(data)
+    if tensors is not None:
+        return len(tensors[0])
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        return len(data)  # type: ignore[arg-type]
+    raise TypeError(f"unsupported data {type(data).__name__}: pass a map-style torch Dataset with __len__, "
+                    "a TensorDataset, or a tuple of tensors")

@@ -1,0 +1,76 @@
+"""Wrap a torch optimizer so each step's gradients are allreduced with Horovod."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import horovod.torch as hvd
+import torch
+
+_COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+_OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
+
+
+def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None, *,
+                         compression: str = "none", backward_passes_per_step: int = 1,
+                         op: str = "average", scale_lr: bool = True,
+                         gradient_predivide_factor: float = 1.0) -> torch.optim.Optimizer:
+    """Return ``optimizer`` wrapped by Horovod (same class, ``state_dict`` and param groups).
+
+    Gradients are allreduced in the background as ``backward`` produces them,
+    overlapping communication with the rest of the backward pass; ``step``
+    waits for them. To clip gradients, see ``clip_grad_norm``.
+
+    Args:
+        optimizer: any ``torch.optim`` optimizer.
+        model: gives parameter names to Horovod (clearer errors, timeline).
+        compression: "none" or "fp16" (halves the bytes sent; slower on CPU).
+        backward_passes_per_step: local gradient accumulation before each allreduce.
+        op: "average", "sum" or "adasum".
+        scale_lr: multiply each LR by the world size for "average"/"sum" (the
+            linear scaling rule; pair it with ``LearningRateWarmup``).
+        gradient_predivide_factor: divide before and after the sum (fp16 range).
+
+    Raises:
+        ValueError: an unknown compression or op.
+    """
+    if compression not in _COMPRESSION:
+        raise ValueError(f"compression must be one of {sorted(_COMPRESSION)} (got {compression!r})")
+    if op not in _OPS:
+        raise ValueError(f"op must be one of {sorted(_OPS)} (got {op!r})")
+    if backward_passes_per_step < 1:
+        raise ValueError(f"backward_passes_per_step must be >= 1 (got {backward_passes_per_step})")
+    if is_distributed(optimizer):
+        raise ValueError("this optimizer is already wrapped by Horovod; wrap the plain optimizer once")
+    if scale_lr and op != "adasum":
+        for group in optimizer.param_groups:
+            group["lr"] *= hvd.size()
+    named = list(model.named_parameters()) if model is not None else None
+    return hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=_COMPRESSION[compression],
+                                    backward_passes_per_step=backward_passes_per_step, op=_OPS[op],
+                                    gradient_predivide_factor=gradient_predivide_factor)
+
+
+def is_distributed(optimizer: torch.optim.Optimizer) -> bool:
+    """True if ``optimizer`` already allreduces its gradients through Horovod."""
+    from horovod.torch.optimizer import _DistributedOptimizer
+
+    return isinstance(optimizer, _DistributedOptimizer)
+
+
+def clip_grad_norm(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor],
+                   max_norm: float) -> torch.Tensor:
+    """Clip the *averaged* gradients, then let ``optimizer.step()`` skip the allreduce it already did.
+
+    Use as ``clip_grad_norm(opt, model.parameters(), 1.0); with skip_synchronize(opt): opt.step()``;
+    the Trainer does this for you with ``grad_clip_norm=``.
+    """
+    optimizer.synchronize()
+    return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+
+
+@contextlib.contextmanager
+def skip_synchronize(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Step without waiting for an allreduce that ``synchronize`` already finished."""
+    with optimizer.skip_synchronize():
+        yield

@@ -1,0 +1,234 @@
+"""A Trainer for the common case: sharded data, distributed optimizer, callbacks."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from hvdtrain.callbacks import (
+    BroadcastInitialState,
+    Callback,
+    CallbackList,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateSchedule,
+    MetricAverage,
+    ModelCheckpoint,
+    ProgressBar,
+    ResumeFromCheckpoint,
+    StopOnNonFinite,
+    TensorBoardLogger,
+)
+from hvdtrain.core.backend import Backend
+from hvdtrain.core.context import TrainContext
+from hvdtrain.torch.adapter import TorchAdapter
+from hvdtrain.torch.backend import HorovodBackend
+from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches, as_tensors, dataset_length
+from hvdtrain.torch.optimizer import DistributedOptimizer, clip_grad_norm, is_distributed
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose arg-max matches the target class."""
+    return (outputs.argmax(dim=1) == targets).float().mean()
+
+
+class Trainer:
+    """Data-parallel training with Horovod and hvdtrain's callbacks.
+
+    Args:
+        model: the network; every rank builds it the same way.
+        optimizer: a plain torch optimizer (wrapped for you) or one already
+            wrapped with ``hvdtrain.torch.DistributedOptimizer``.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss.
+        train_data: a ``TensorDataset``, a tuple of tensors, or a map-style Dataset.
+        val_data: optional validation data (same kinds); evaluated every epoch.
+        batch_size: samples per step on each rank.
+        max_epochs: epochs to train.
+        metrics: ``{name: fn(outputs, targets) -> batch mean}``; ``val_`` versions are logged too.
+        callbacks: user callbacks, merged with the defaults by ``order``.
+        backend: defaults to the Horovod backend (call ``hvdtrain.torch.init()`` first).
+        seed: seed of the data order (identical on all ranks).
+        grad_clip_norm: clip the averaged gradients to this norm.
+        compression, backward_passes_per_step, op, scale_lr: see ``DistributedOptimizer``.
+        warmup_epochs: linear LR warmup length (Goyal et al.); 0 disables.
+        lr_schedule: multiplier of the base LR as a function of the fractional epoch.
+        checkpoint_dir: save checkpoints here (rank 0).
+        checkpoint_every_n_steps: also save mid-epoch every n steps.
+        keep_last, keep_best, monitor: checkpoint retention; ``monitor`` also drives early stopping.
+        resume: True resumes from ``checkpoint_dir``; a path resumes from that file or directory.
+        early_stopping_patience: stop after this many epochs without ``monitor`` improving.
+        log_dir: write ``metrics.csv`` and TensorBoard events here (rank 0).
+        progress: show a tqdm bar on rank 0.
+        num_workers: DataLoader worker processes for a non-tensor Dataset.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable[[Any, Any], torch.Tensor], train_data: Any, val_data: Any = None, *,
+                 batch_size: int = 32, max_epochs: int = 1, metrics: dict[str, Metric] | None = None,
+                 callbacks: Iterable[Callback] = (), backend: Backend | None = None, seed: int = 0,
+                 grad_clip_norm: float | None = None, compression: str = "none",
+                 backward_passes_per_step: int = 1, op: str = "average", scale_lr: bool = True,
+                 warmup_epochs: float = 0.0, lr_schedule: Callable[[float], float] | None = None,
+                 checkpoint_dir: str | os.PathLike | None = None,
+                 checkpoint_every_n_steps: int | None = None, keep_last: int = 2, keep_best: int = 1,
+                 monitor: str = "val_loss", resume: bool | str | os.PathLike = False,
+                 early_stopping_patience: int | None = None, log_dir: str | os.PathLike | None = None,
+                 progress: bool = True, num_workers: int = 0) -> None:
+        if max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1 (got {max_epochs})")
+        if resume is True and checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir=; or pass the checkpoint path as resume=")
+        self.backend = backend or HorovodBackend()
+        self.adapter = TorchAdapter(self.backend)
+        self.model = model
+        if not is_distributed(optimizer):
+            optimizer = DistributedOptimizer(optimizer, model, compression=compression, op=op,
+                                             backward_passes_per_step=backward_passes_per_step,
+                                             scale_lr=scale_lr)
+        self.optimizer = optimizer
+        self.accumulation = getattr(optimizer, "backward_passes_per_step", 1)
+        if checkpoint_every_n_steps and checkpoint_every_n_steps % self.accumulation:
+            raise ValueError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} must be a multiple of "
+                             f"backward_passes_per_step={self.accumulation}, or a checkpoint would drop "
+                             "accumulated gradients")
+        self.loss_fn = loss_fn
+        self.metrics = dict(metrics or {})
+        self.max_epochs = max_epochs
+        self.grad_clip_norm = grad_clip_norm
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.sampler = DistributedBatchSampler(dataset_length(train_data), self.backend.rank, self.backend.size,
+                                               batch_size, shuffle=True, seed=seed)
+        self.train_batches = self._batches(train_data, self.sampler)
+        self.val_data = val_data
+        self.callbacks = CallbackList(self._default_callbacks(
+            warmup_epochs, lr_schedule, checkpoint_dir, checkpoint_every_n_steps, keep_last, keep_best,
+            monitor, resume, early_stopping_patience, log_dir, progress, val_data is not None))
+        for callback in callbacks:
+            self.callbacks.add(callback)
+        self.ctx = TrainContext(backend=self.backend, adapter=self.adapter, model=model, optimizer=optimizer,
+                                max_epochs=max_epochs)
+
+    def _batches(self, data: Any, sampler: DistributedBatchSampler) -> Iterable[Any]:
+        tensors = as_tensors(data)
+        if tensors is not None:
+            return TensorBatches(tensors, sampler)
+        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers)
+
+    def _default_callbacks(self, warmup_epochs: float, lr_schedule: Any, checkpoint_dir: Any,
+                           every_n_steps: int | None, keep_last: int, keep_best: int, monitor: str,
+                           resume: Any, patience: int | None, log_dir: Any, progress: bool,
+                           has_val: bool) -> list[Callback]:
+        monitor = monitor if has_val or not monitor.startswith("val_") else monitor[len("val_"):]
+        callbacks: list[Callback] = [BroadcastInitialState(), MetricAverage(weighted=True), StopOnNonFinite()]
+        if resume:
+            callbacks.append(ResumeFromCheckpoint(checkpoint_dir if resume is True else resume))
+        if warmup_epochs or lr_schedule:
+            callbacks.append(LearningRateSchedule(lr_schedule, warmup_epochs))
+        if checkpoint_dir is not None:
+            callbacks.append(ModelCheckpoint(checkpoint_dir, monitor=monitor, keep_last=keep_last,
+                                             keep_best=keep_best, every_n_steps=every_n_steps))
+        if patience is not None:
+            callbacks.append(EarlyStopping(monitor, patience=patience))
+        if log_dir is not None:
+            callbacks += [CSVLogger(os.path.join(log_dir, "metrics.csv")), TensorBoardLogger(log_dir)]
+        if progress:
+            callbacks.append(ProgressBar())
+        return callbacks
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train until ``max_epochs`` or an agreed stop; returns the epoch logs."""
+        ctx = self.ctx
+        try:
+            self.callbacks.on_train_begin(ctx)
+            while ctx.epoch < self.max_epochs and not ctx.stop_training:
+                self._run_epoch(ctx)
+            self.callbacks.on_train_end(ctx)
+        except BaseException as error:
+            self.callbacks.on_exception(ctx, error)
+            raise
+        return ctx.history
+
+    def _run_epoch(self, ctx: TrainContext) -> None:
+        self.sampler.set_epoch(ctx.epoch, ctx.samples_seen_in_epoch)
+        ctx.steps_per_epoch = ctx.batch_index + len(self.sampler)
+        ctx.logs = {}
+        self.callbacks.on_epoch_begin(ctx)
+        totals = self._train_epoch(ctx)
+        if ctx.stop_training:  # agreed mid-epoch (e.g. a NaN loss): skip epoch-end hooks and checkpoints
+            return
+        ctx.logs = {**totals, **self.evaluate()}
+        ctx.history.append(ctx.logs)
+        self.callbacks.on_epoch_end(ctx)
+        ctx.agree_on_stop()
+        ctx.epoch, ctx.batch_index, ctx.samples_seen_in_epoch = ctx.epoch + 1, 0, 0
+
+    def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
+        self.model.train()
+        sums = torch.zeros(1 + len(self.metrics), dtype=torch.float64)
+        ctx.sample_count = 0
+        global_sizes = self.sampler.global_batches()
+        for batch in self.train_batches:
+            global_size = next(global_sizes)
+            self.callbacks.on_batch_begin(ctx)
+            loss, values = self._train_step(ctx, batch, global_size)
+            local = len(batch[0])
+            sums += torch.stack([loss, *values]).double() * local
+            ctx.sample_count += local
+            ctx.global_step += 1
+            ctx.samples_seen_in_epoch += global_size
+            ctx.logs = {"loss": loss}
+            self.callbacks.on_batch_end(ctx)
+            ctx.batch_index += 1
+            if ctx.stop_training:
+                break
+        means = (sums / max(ctx.sample_count, 1)).tolist()
+        return dict(zip(["loss", *self.metrics], means))
+
+    def _train_step(self, ctx: TrainContext, batch: Sequence[Any],
+                    global_size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        inputs, targets = batch[0], batch[1]
+        outputs = self.model(inputs)
+        loss = self.loss_fn(outputs, targets)
+        # Weight by this rank's share, so the averaged gradient is that of the combined batch
+        # even when a final batch splits unevenly; with gradient accumulation divide by the passes.
+        weight = len(inputs) * ctx.size / global_size / self.accumulation
+        (loss * weight if weight != 1.0 else loss).backward()
+        if (ctx.batch_index + 1) % self.accumulation == 0 or ctx.batch_index + 1 == ctx.steps_per_epoch:
+            self._step()
+        with torch.no_grad():
+            values = [fn(outputs, targets) for fn in self.metrics.values()]
+        return loss.detach(), values
+
+    def _step(self) -> None:
+        if self.grad_clip_norm is None:
+            self.optimizer.step()
+        else:
+            clip_grad_norm(self.optimizer, self.model.parameters(), self.grad_clip_norm)
+            with self.optimizer.skip_synchronize():
+                self.optimizer.step()
+        self.optimizer.zero_grad()
+
+    @torch.no_grad()
+    def evaluate(self, data: Any = None) -> dict[str, float]:
+        """Loss and metrics on validation data, exact over all ranks (``val_`` prefixed)."""
+        data = self.val_data if data is None else data
+        if data is None:
+            return {}
+        self.model.eval()
+        sampler = DistributedBatchSampler(dataset_length(data), self.backend.rank, self.backend.size,
+                                          self.batch_size, shuffle=False)
+        sums = [0.0] * (2 + len(self.metrics))
+        for batch in self._batches(data, sampler):
+            outputs = self.model(batch[0])
+            n = len(batch[0])
+            values = [self.loss_fn(outputs, batch[1]), *(fn(outputs, batch[1]) for fn in self.metrics.values())]
+            sums = [s + float(v) * n for s, v in zip(sums, [*values, 1.0])]
+        totals = self.backend.allreduce_sum(sums)
+        return {f"val_{name}": total / totals[-1]
+                for name, total in zip(["loss", *self.metrics], totals[:-1])}
