@@ -1,6 +1,7 @@
 """The core ``Backend`` on top of ``horovod.torch``."""
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,13 @@ class HorovodBackend:
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
         self.local_size = hvd.local_size()
+        self._calls = itertools.count()
+
+    def _name(self, kind: str) -> str:
+        # Horovod matches collectives by name. Its default name for object
+        # collectives is the object's type, which differs across ranks when
+        # they pass different kinds of values; a shared counter never does.
+        return f"hvdtrain.{kind}.{next(self._calls)}"
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
         return self._allreduce(values, hvd.Sum)
@@ -33,10 +41,10 @@ class HorovodBackend:
         return hvd.allreduce(tensor, op=op).tolist()
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return hvd.broadcast_object(obj, root_rank=root)
+        return hvd.broadcast_object(obj, root_rank=root, name=self._name("broadcast_object"))
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return hvd.allgather_object(obj)
+        return hvd.allgather_object(obj, name=self._name("allgather_object"))
 
     def barrier(self) -> None:
         hvd.barrier()

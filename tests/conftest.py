@@ -1,0 +1,17 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _horovod_is_installed():
+    """Fail (never skip) when Horovod or its launchers are missing: a skip would hide a broken install."""
+    import horovod  # noqa: F401
+
+    launcher = Path(sys.executable).parent / "horovodrun"
+    assert launcher.exists(), f"{launcher} is missing; run `make setup`"
+    assert shutil.which("mpirun"), "mpirun is not on PATH; run `make setup` (installs openmpi-bin)"

@@ -1,0 +1,49 @@
+"""Run a Python script on N real Horovod workers (horovodrun or mpirun) from a test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+             "PYTHONPATH": str(REPO)}
+
+
+def launch_command(script: str | os.PathLike, args: list[str], np: int = 2, launcher: str = "horovodrun") -> list[str]:
+    """The argv that starts ``script`` on ``np`` workers with ``launcher`` ("horovodrun" or "mpirun")."""
+    python = [sys.executable, str(script), *args]
+    if launcher == "horovodrun":
+        return [str(BIN / "horovodrun"), "-np", str(np), "--gloo", *python]
+    if launcher == "mpirun":
+        return ["mpirun", "-np", str(np), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                "--mca", "mpi_yield_when_idle", "1", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
+                "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED", *python]
+    raise ValueError(f"unknown launcher {launcher!r}")
+
+
+def run_workers(script: str | os.PathLike, args: list[str] = (), np: int = 2, launcher: str = "horovodrun",
+                timeout: float = 300, check: bool = True, env: dict[str, str] | None = None,
+                ) -> subprocess.CompletedProcess:
+    """Run ``script`` on ``np`` workers and return the finished process (output captured)."""
+    full_env = {**os.environ, **QUIET_ENV, **(env or {})}
+    proc = subprocess.run(launch_command(script, list(args), np, launcher), capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{launcher} exited with {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}"
+                             f"\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def results(output: str, tag: str = "RESULT") -> dict[int, dict]:
+    """Parse ``RESULT {json}`` lines printed by workers, keyed by their "rank" field."""
+    found = {}
+    for line in output.splitlines():
+        marker = line.find(tag + " ")
+        if marker >= 0:
+            payload = json.loads(line[marker + len(tag) + 1:])
+            found[payload["rank"]] = payload
+    return found

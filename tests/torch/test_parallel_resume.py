@@ -1,0 +1,48 @@
+"""Kill-and-resume under real multi-process jobs: the resumed run ends where an uninterrupted one does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hvdtrain.core.checkpoint import CheckpointManager
+from tests.launch import results, run_workers
+
+TRAIN = Path(__file__).parent / "workers" / "train_worker.py"
+pytestmark = pytest.mark.parallel
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun", "mpirun"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, launcher):
+    args = ["--epochs", "3", "--every-n-steps", "4"]
+    reference = results(run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "ref")],
+                                    launcher=launcher).stdout)
+
+    crashed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--die-at-step", "14"],
+                          launcher=launcher, check=False)
+    assert crashed.returncode != 0
+    saved = CheckpointManager(tmp_path / "run").checkpoints()
+    assert saved and saved[-1].global_step == 12  # mid-epoch 2 (10 steps per epoch)
+
+    resumed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--resume"],
+                          launcher=launcher)
+    ranks = results(resumed.stdout)
+    assert "resumed from" in resumed.stdout and "at epoch 1, step 12 (batch 2 of the epoch)" in resumed.stdout
+    for rank in (0, 1):
+        assert ranks[rank]["resumed_from"].endswith("ckpt-epoch0001-step00000012.ckpt")
+        assert ranks[rank]["global_step"] == reference[rank]["global_step"] == 30
+        assert ranks[rank]["params"] == pytest.approx(reference[rank]["params"], abs=1e-6)
+    # Validation metrics are exact; the resumed epoch's train loss averages only the batches after the resume.
+    assert [h["val_loss"] for h in ranks[0]["history"]] == pytest.approx(
+        [h["val_loss"] for h in reference[0]["history"]])
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
+    run_workers(TRAIN, ["--epochs", "2", "--checkpoint-dir", str(tmp_path)])
+    newest = CheckpointManager(tmp_path).checkpoints()[-1].path
+    newest.write_bytes(newest.read_bytes()[:-100])
+
+    resumed = run_workers(TRAIN, ["--epochs", "2", "--checkpoint-dir", str(tmp_path), "--resume"])
+    assert f"{newest} is truncated" in resumed.stdout + resumed.stderr
+    assert "falling back to the previous checkpoint" in resumed.stdout + resumed.stderr
+    assert "at epoch 1, step 10" in resumed.stdout

@@ -1,0 +1,131 @@
+"""A configurable training job for the multi-process PyTorch tests; prints RESULT {json} per rank."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+
+import numpy as np
+import torch
+from torch import nn
+
+import hvdtrain.torch as ht
+from hvdtrain.callbacks import Callback, Order
+
+
+class RankMetric(Callback):
+    """Logs a metric whose value is the rank, before metric averaging runs."""
+
+    order = Order.METRICS - 50
+
+    def on_epoch_end(self, ctx):
+        ctx.logs["rank_value"] = float(ctx.rank)
+
+
+class Recorder(Callback):
+    """Records what later callbacks would see: LR per batch, epoch logs."""
+
+    order = Order.LEARNING_RATE + 1
+
+    def __init__(self):
+        self.lrs, self.epoch_logs = [], []
+
+    def on_batch_begin(self, ctx):
+        self.lrs.append(ctx.adapter.get_learning_rates(ctx.optimizer)[0])
+
+    def on_epoch_end(self, ctx):
+        self.epoch_logs.append({k: float(v) for k, v in ctx.logs.items()})
+
+
+class DieAtStep(Callback):
+    """SIGKILLs this process at a global step (a crash that leaves no chance to clean up)."""
+
+    def __init__(self, step, rank):
+        self.step, self.rank = step, rank
+
+    def on_batch_end(self, ctx):
+        if ctx.global_step == self.step and ctx.rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Plateau(Callback):
+    """Logs a metric that never improves after epoch 1."""
+
+    order = Order.METRICS - 50
+
+    def on_epoch_end(self, ctx):
+        ctx.logs["plateau"] = 1.0 if ctx.epoch == 0 else 2.0
+
+
+def make_data(seed: int, n: int = 300):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, 10).astype(np.float32)
+    y = (x[:, :3].sum(1) > 0).astype(np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def param_digest(model: nn.Module) -> tuple[str, list[float]]:
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return hashlib.sha256(flat.numpy().tobytes()).hexdigest(), flat[:5].tolist()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--every-n-steps", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--die-at-step", type=int)
+    p.add_argument("--die-rank", type=int, default=1)
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--nan-at-step", type=int)
+    p.add_argument("--rank-metric", action="store_true")
+    p.add_argument("--no-metric-average", action="store_true")
+    args = p.parse_args()
+
+    backend = ht.init()
+    torch.manual_seed(1234 + backend.rank)  # different init per rank: broadcast must fix it
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+    loss_fn = nn.functional.cross_entropy
+    if args.nan_at_step is not None:
+        state = {"calls": 0}
+
+        def loss_fn(out, y, _state=state):  # noqa: F811
+            _state["calls"] += 1
+            loss = nn.functional.cross_entropy(out, y)
+            if _state["calls"] == args.nan_at_step and backend.rank == 1:
+                return loss * float("nan")
+            return loss
+
+    recorder = Recorder()
+    callbacks = [recorder]
+    if args.rank_metric:
+        callbacks.append(RankMetric())
+    if args.patience is not None:
+        callbacks.append(Plateau())
+    if args.die_at_step is not None:
+        callbacks.append(DieAtStep(args.die_at_step, args.die_rank))
+    trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_data(0),
+                         val_data=make_data(1, 100), batch_size=16, max_epochs=args.epochs, seed=7,
+                         callbacks=callbacks, warmup_epochs=args.warmup_epochs,
+                         checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
+                         resume=args.resume, monitor="plateau" if args.patience else "val_loss",
+                         early_stopping_patience=args.patience, progress=False)
+    if args.no_metric_average:
+        trainer.callbacks.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "MetricAverage"]
+    history = trainer.fit()
+    digest, head = param_digest(model)
+    print("RESULT " + json.dumps({
+        "rank": backend.rank, "size": backend.size, "digest": digest, "head": head,
+        "global_step": trainer.ctx.global_step, "epoch": trainer.ctx.epoch, "history": history,
+        "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
+        "resumed_from": trainer.ctx.resumed_from,
+        "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist(),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
