@@ -1,0 +1,108 @@
+import math
+
+import pytest
+
+from hvdtrain.callbacks import (
+    Callback,
+    CallbackList,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateSchedule,
+    MetricAverage,
+    ModelCheckpoint,
+    Order,
+    ResumeFromCheckpoint,
+    StopOnNonFinite,
+    cosine_decay,
+    step_decay,
+)
+from hvdtrain.core.context import TrainContext
+
+
+class Trace(Callback):
+    def __init__(self, name, order, log):
+        self.name, self.order, self.log = name, order, log
+
+    def on_epoch_end(self, ctx):
+        self.log.append(self.name)
+
+
+def test_callbacks_run_in_explicit_order_regardless_of_registration():
+    log = []
+    callbacks = CallbackList([Trace("checkpoint", Order.CHECKPOINT, log), Trace("user", Order.USER, log),
+                              Trace("metrics", Order.METRICS, log), Trace("user2", Order.USER, log)])
+    callbacks.on_epoch_end(TrainContext())
+    assert log == ["metrics", "user", "user2", "checkpoint"]
+
+
+def test_builtin_order_puts_resume_first_metrics_before_readers_and_checkpoint_last(tmp_path):
+    built = CallbackList([ModelCheckpoint(tmp_path), EarlyStopping(), StopOnNonFinite(), MetricAverage(),
+                          ResumeFromCheckpoint(tmp_path), CSVLogger(tmp_path / "m.csv")])
+    names = [type(c).__name__ for c in built]
+    assert names == ["ResumeFromCheckpoint", "MetricAverage", "StopOnNonFinite", "EarlyStopping",
+                     "CSVLogger", "ModelCheckpoint"]
+
+
+def test_non_callback_is_rejected_with_the_fix():
+    with pytest.raises(TypeError, match="lacks on_train_begin.*subclass hvdtrain.Callback"):
+        CallbackList([object()])
+
+
+def test_early_stopping_requests_stop_after_patience_and_agrees():
+    stopper, ctx = EarlyStopping("val_loss", patience=2), TrainContext()
+    for value in [1.0, 0.9, 0.95, 0.91]:
+        ctx.logs = {"val_loss": value}
+        stopper.on_epoch_end(ctx)
+    assert not ctx.stop_training, "a wish is not a decision until the ranks agree"
+    assert ctx.agree_on_stop() and ctx.stop_training
+    assert "val_loss did not improve for 2 epochs" in ctx.stop_reason
+
+
+def test_early_stopping_names_missing_metric_and_alternatives():
+    ctx = TrainContext(logs={"loss": 1.0, "val_accuracy": 0.5})
+    with pytest.raises(KeyError, match="'val_loss' is not in the logs; available: loss, val_accuracy"):
+        EarlyStopping("val_loss").on_epoch_end(ctx)
+
+
+def test_stop_on_non_finite_stops_at_once():
+    ctx = TrainContext(logs={"loss": math.inf}, global_step=7)
+    StopOnNonFinite().on_batch_end(ctx)
+    assert ctx.stop_training and "non-finite loss (inf) on rank 0 at step 7" in ctx.stop_reason
+
+
+def test_warmup_factor_ramps_from_one_over_size_to_one():
+    schedule = LearningRateSchedule(warmup_epochs=4)
+    assert schedule.factor(0.0, size=4) == pytest.approx(0.25)
+    assert schedule.factor(2.0, size=4) == pytest.approx(0.625)
+    assert schedule.factor(4.0, size=4) == 1.0
+
+
+def test_schedules_compose_with_warmup():
+    assert LearningRateSchedule(step_decay([10, 20], 0.1)).factor(25, size=1) == pytest.approx(0.01)
+    assert cosine_decay(10)(5) == pytest.approx(0.5)
+    assert LearningRateSchedule(cosine_decay(10), warmup_epochs=2).factor(1, size=2) == pytest.approx(
+        0.75 * cosine_decay(10)(1))
+
+
+def test_metric_average_in_one_process_keeps_values():
+    ctx = TrainContext(logs={"loss": 0.5, "acc": 0.25})
+    MetricAverage().on_epoch_end(ctx)
+    assert ctx.logs == {"loss": 0.5, "acc": 0.25}
+
+
+def test_callback_states_round_trip_by_class_and_position():
+    first, second = EarlyStopping(patience=3), EarlyStopping(monitor="loss", patience=3)
+    first.wait, second.wait = 1, 2
+    states = CallbackList([first, second]).state_dict()
+    fresh = CallbackList([EarlyStopping(), EarlyStopping(monitor="loss")])
+    fresh.load_state_dict(states)
+    assert [c.wait for c in fresh] == [1, 2]
+
+
+def test_csv_logger_adds_columns_without_losing_rows(tmp_path):
+    logger, path = CSVLogger(tmp_path / "m.csv"), tmp_path / "m.csv"
+    logger.on_epoch_end(TrainContext(logs={"loss": 1.0}))
+    logger.on_epoch_end(TrainContext(epoch=1, logs={"loss": 0.5, "val_loss": 0.7}))
+    lines = path.read_text().splitlines()
+    assert lines[0] == "epoch,global_step,loss,val_loss"
+    assert lines[1:] == ["1,0,1.0,", "2,0,0.5,0.7"]
