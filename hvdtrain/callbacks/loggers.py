@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,10 @@ class TensorBoardLogger(Callback):
 
     @rank_zero_only
     def on_train_begin(self, ctx: TrainContext) -> None:
+        if "tensorflow" not in sys.modules:
+            # tensorboard's file I/O would import all of TensorFlow (seconds, hundreds of MB) into a
+            # PyTorch job; this documented switch makes it use its built-in stub instead.
+            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -106,3 +106,18 @@ def test_csv_logger_adds_columns_without_losing_rows(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == "epoch,global_step,loss,val_loss"
     assert lines[1:] == ["1,0,1.0,", "2,0,0.5,0.7"]
+
+
+def test_tensorboard_logger_writes_scalars_tensorboard_can_read(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hvdtrain.callbacks import TensorBoardLogger
+
+    logger, ctx = TensorBoardLogger(tmp_path), TrainContext(logs={"loss": 0.25, "val_accuracy": 0.9})
+    logger.on_train_begin(ctx)
+    logger.on_epoch_end(ctx)
+    logger.on_train_end(ctx)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["epoch/loss", "epoch/val_accuracy"]
+    assert events.Scalars("epoch/loss")[0].value == 0.25
