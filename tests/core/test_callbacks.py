@@ -44,7 +44,7 @@ def test_builtin_order_puts_resume_first_metrics_before_readers_and_checkpoint_l
 
 
 def test_non_callback_is_rejected_with_the_fix():
-    with pytest.raises(TypeError, match="lacks on_train_begin.*subclass hvdtrain.Callback"):
+    with pytest.raises(TypeError, match=r"lacks on_train_begin.*subclass hvdtrain\.Callback"):
         CallbackList([object()])
 
 

@@ -47,7 +47,8 @@ def test_lr_warmup_ramps_from_single_worker_to_scaled_lr():
     assert lrs[0] == pytest.approx(0.01)                     # base LR (single worker)
     assert lrs[steps] == pytest.approx(0.01 * 1.5)           # half-way through warmup
     assert lrs[2 * steps:] == pytest.approx([0.02] * steps)  # scaled by world size after warmup
-    assert all(a < b for a, b in zip(lrs[:2 * steps - 1], lrs[1:2 * steps]))
+    warmup = lrs[:2 * steps]
+    assert all(a < b for a, b in zip(warmup, warmup[1:]))  # noqa: RUF007
 
 
 def test_early_stopping_stops_every_rank_at_the_same_epoch():

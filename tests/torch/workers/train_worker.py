@@ -93,7 +93,7 @@ def main() -> None:
     if args.nan_at_step is not None:
         state = {"calls": 0}
 
-        def loss_fn(out, y, _state=state):  # noqa: F811
+        def loss_fn(out, y, _state=state):
             _state["calls"] += 1
             loss = nn.functional.cross_entropy(out, y)
             if _state["calls"] == args.nan_at_step and backend.rank == 1:
