@@ -1,0 +1,54 @@
+"""Two "hosts" on one machine: network namespaces joined by a veth pair (198.18.0.0/15, test-only)."""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SUBNET = "198.18.7"
+
+
+@dataclass
+class Host:
+    namespace: str
+    address: str
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def create_hosts(prefix: str = "hvdt") -> list[Host]:
+    """Create two namespaces with one veth end each; returns them. Raises if the kernel refuses."""
+    hosts = [Host(f"{prefix}-a", f"{SUBNET}.1"), Host(f"{prefix}-b", f"{SUBNET}.2")]
+    destroy_hosts(hosts)
+    for host in hosts:
+        _ip("netns", "add", host.namespace)
+    _ip("link", "add", f"{prefix}-va", "type", "veth", "peer", "name", f"{prefix}-vb")
+    for host, link in zip(hosts, (f"{prefix}-va", f"{prefix}-vb")):
+        _ip("link", "set", link, "netns", host.namespace)
+        _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", link)
+        _ip("-n", host.namespace, "link", "set", link, "up")
+        _ip("-n", host.namespace, "link", "set", "lo", "up")
+    return hosts
+
+
+def destroy_hosts(hosts: list[Host]) -> None:
+    for host in hosts:
+        _ip("netns", "del", host.namespace, check=False)
+
+
+def write_rsh_agent(path: Path, hosts: list[Host]) -> Path:
+    """An ssh stand-in for mpirun: runs the remote command inside the host's namespace."""
+    cases = "\n".join(f'  {h.address}) ns={h.namespace} ;;' for h in hosts)
+    path.write_text(f"""#!/bin/sh
+# Usage (as mpirun calls ssh): agent HOST COMMAND...
+host=$1; shift
+case "$host" in
+{cases}
+  *) echo "rsh agent: unknown host $host (known: {' '.join(h.address for h in hosts)})" >&2; exit 255 ;;
+esac
+exec ip netns exec "$ns" sh -c "$*"
+""")
+    path.chmod(0o755)
+    return path
