@@ -5,10 +5,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+RESULTS_ENV = "HVDTRAIN_TEST_RESULTS"
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
              "PYTHONPATH": str(REPO)}
 
@@ -21,7 +23,7 @@ def launch_command(script: str | os.PathLike, args: list[str], np: int = 2, laun
     if launcher == "mpirun":
         return ["mpirun", "-np", str(np), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                 "--mca", "mpi_yield_when_idle", "1", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
-                "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED", *python]
+                "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED", "-x", RESULTS_ENV, *python]
     raise ValueError(f"unknown launcher {launcher!r}")
 
 
@@ -29,17 +31,38 @@ def run_workers(script: str | os.PathLike, args: list[str] = (), np: int = 2, la
                 timeout: float = 300, check: bool = True, env: dict[str, str] | None = None,
                 ) -> subprocess.CompletedProcess:
     """Run ``script`` on ``np`` workers and return the finished process (output captured)."""
-    full_env = {**os.environ, **QUIET_ENV, **(env or {})}
+    results_dir = tempfile.mkdtemp(prefix="hvdtrain-results-")
+    full_env = {**os.environ, **QUIET_ENV, RESULTS_ENV: results_dir, **(env or {})}
     proc = subprocess.run(launch_command(script, list(args), np, launcher), capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO)
+    proc.results_dir = results_dir
     if check and proc.returncode != 0:
         raise AssertionError(f"{launcher} exited with {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}"
                              f"\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc
 
 
-def results(output: str, tag: str = "RESULT") -> dict[int, dict]:
-    """Parse ``RESULT {json}`` lines printed by workers, keyed by their "rank" field."""
+def report(payload: dict) -> None:
+    """Called by a worker: hand its result (with a "rank" key) to the test.
+
+    Written to a file, because under mpirun long stdout lines of two ranks can interleave.
+    """
+    directory = os.environ.get(RESULTS_ENV)
+    if directory is None:
+        print("RESULT " + json.dumps(payload), flush=True)
+        return
+    path = Path(directory) / f"rank{payload['rank']}.json"
+    path.with_suffix(".tmp").write_text(json.dumps(payload))
+    path.with_suffix(".tmp").rename(path)
+
+
+def results(output: str | subprocess.CompletedProcess, tag: str = "RESULT") -> dict[int, dict]:
+    """Results reported by workers (``report``) or printed as ``RESULT {json}`` lines, keyed by rank."""
+    if isinstance(output, subprocess.CompletedProcess):
+        files = sorted(Path(output.results_dir).glob("rank*.json"))
+        if files:
+            return {payload["rank"]: payload for payload in (json.loads(f.read_text()) for f in files)}
+        output = output.stdout
     found = {}
     for line in output.splitlines():
         marker = line.find(tag + " ")

@@ -69,6 +69,11 @@ class TrainContext:
         self._stop_wish = True
         self.stop_reason = self.stop_reason or reason
 
+    def stop_agreed(self, reason: str) -> None:
+        """Stop now: for a decision every rank has already reached identically."""
+        self.stop_training = True
+        self.stop_reason = self.stop_reason or reason
+
     def agree_on_stop(self) -> bool:
         """Collective: stop every rank if any rank requested it; returns the decision.
 

@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import horovod.torch as hvd
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,12 +23,13 @@ from hvdtrain.callbacks import (
     StopOnNonFinite,
     TensorBoardLogger,
 )
+from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.context import TrainContext
 from hvdtrain.torch.adapter import TorchAdapter
 from hvdtrain.torch.backend import HorovodBackend
 from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches, as_tensors, dataset_length
-from hvdtrain.torch.optimizer import DistributedOptimizer, clip_grad_norm, is_distributed
+from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -111,6 +113,7 @@ class Trainer:
             monitor, resume, early_stopping_patience, log_dir, progress, val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)
+        self._nonfinite_rank = torch.zeros(())
         self.ctx = TrainContext(backend=self.backend, adapter=self.adapter, model=model, optimizer=optimizer,
                                 max_epochs=max_epochs)
 
@@ -199,20 +202,35 @@ class Trainer:
         # even when a final batch splits unevenly; with gradient accumulation divide by the passes.
         weight = len(inputs) * ctx.size / global_size / self.accumulation
         (loss * weight if weight != 1.0 else loss).backward()
+        loss = loss.detach()
+        self._nonfinite_rank = torch.where(torch.isfinite(loss), self._nonfinite_rank,
+                                           torch.tensor(float(ctx.rank + 1)))
         if (ctx.batch_index + 1) % self.accumulation == 0 or ctx.batch_index + 1 == ctx.steps_per_epoch:
-            self._step()
+            ctx.extras[NONFINITE_RANK] = self._step()
+        else:
+            ctx.extras.pop(NONFINITE_RANK, None)
         with torch.no_grad():
             values = [fn(outputs, targets) for fn in self.metrics.values()]
-        return loss.detach(), values
+        return loss, values
 
-    def _step(self) -> None:
-        if self.grad_clip_norm is None:
-            self.optimizer.step()
-        else:
-            clip_grad_norm(self.optimizer, self.model.parameters(), self.grad_clip_norm)
+    def _step(self) -> int | None:
+        """Apply the averaged gradients unless some rank's loss was not finite.
+
+        Returns:
+            The highest rank whose loss was not finite, agreed by all ranks, or None.
+        """
+        # The flag travels in the same Horovod cycle as the last gradients: no extra round trip.
+        flag = hvd.allreduce_async(self._nonfinite_rank.reshape(1), op=hvd.Max, name="hvdtrain.nonfinite")
+        self.optimizer.synchronize()
+        bad_rank = int(hvd.synchronize(flag).item()) - 1
+        self._nonfinite_rank = torch.zeros(())
+        if bad_rank < 0:
+            if self.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
             with self.optimizer.skip_synchronize():
                 self.optimizer.step()
         self.optimizer.zero_grad()
+        return bad_rank if bad_rank >= 0 else None
 
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:

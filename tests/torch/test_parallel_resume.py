@@ -16,7 +16,7 @@ pytestmark = pytest.mark.parallel
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, launcher):
     args = ["--epochs", "3", "--every-n-steps", "4"]
     reference = results(run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "ref")],
-                                    launcher=launcher).stdout)
+                                    launcher=launcher))
 
     crashed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--die-at-step", "14"],
                           launcher=launcher, check=False)
@@ -26,7 +26,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, launcher):
 
     resumed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--resume"],
                           launcher=launcher)
-    ranks = results(resumed.stdout)
+    ranks = results(resumed)
     assert "resumed from" in resumed.stdout and "at epoch 1, step 12 (batch 2 of the epoch)" in resumed.stdout
     for rank in (0, 1):
         assert ranks[rank]["resumed_from"].endswith("ckpt-epoch0001-step00000012.ckpt")

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.parallel
 
 
 def test_pipeline_step_equals_unsplit_model_step():
-    ranks = results(run_workers(Path(__file__).parent / "workers" / "pipeline_worker.py", launcher="mpirun").stdout)
+    ranks = results(run_workers(Path(__file__).parent / "workers" / "pipeline_worker.py", launcher="mpirun"))
     assert sorted(ranks) == [0, 1]
     for r in ranks.values():
         assert r["param_error"] < 1e-12 and r["params"] > 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import horovod.torch as hvd
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 
 import hvdtrain.torch as ht
 from hvdtrain.torch.adapter import TorchAdapter
+from tests.launch import report
 
 
 def main() -> None:
@@ -38,8 +38,20 @@ def main() -> None:
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     gathered = hvd.allgather(flat.unsqueeze(0))
     spread = (gathered - gathered[0]).abs().max().item()
-    print("RESULT " + json.dumps({"rank": backend.rank, "grad_error": grad_error, "param_spread": spread,
-                                  "local_batch": len(local)}), flush=True)
+
+    # Clipping must see the averaged gradient: the same norm as the combined batch's.
+    torch.optim.SGD(reference.parameters(), lr=0.1).step()  # the same first step as the distributed model
+    optimizer.zero_grad()
+    reference.zero_grad()
+    nn.functional.cross_entropy(model(x[local]), y[local]).backward()
+    norm = ht.clip_grad_norm(optimizer, model.parameters(), max_norm=0.05)
+    nn.functional.cross_entropy(reference(x), y).backward()
+    ref_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm=0.05)
+    clip_error = max((p.grad - r.grad).abs().max().item() for p, r in zip(model.parameters(),
+                                                                          reference.parameters()))
+    report({"rank": backend.rank, "grad_error": grad_error, "param_spread": spread,
+                                  "local_batch": len(local), "norm_error": abs(norm.item() - ref_norm.item()),
+                                  "clip_error": clip_error})
 
 
 if __name__ == "__main__":

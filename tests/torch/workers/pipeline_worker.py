@@ -1,7 +1,6 @@
 """One pipeline step must equal one step of the unsplit model on the whole batch."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 from model_parallel_digits import build_model, split
 
 from hvdtrain.torch.pipeline import PipelineStage
+from tests.launch import report
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -31,5 +31,5 @@ ref_loss.backward()
 ref_opt.step()
 mine = torch.cat([p.reshape(-1) for p in stage_module.parameters()])
 theirs = torch.cat([p.reshape(-1) for p in split(reference, rank, size).parameters()])
-print("RESULT " + json.dumps({"rank": rank, "param_error": (mine - theirs).abs().max().item(),
-                              "loss": loss, "ref_loss": ref_loss.item(), "params": mine.numel()}), flush=True)
+report({"rank": rank, "param_error": (mine - theirs).abs().max().item(),
+                              "loss": loss, "ref_loss": ref_loss.item(), "params": mine.numel()})

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import signal
 
@@ -13,6 +12,7 @@ from torch import nn
 
 import hvdtrain.torch as ht
 from hvdtrain.callbacks import Callback, Order
+from tests.launch import report
 
 
 class RankMetric(Callback):
@@ -118,13 +118,13 @@ def main() -> None:
         trainer.callbacks.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "MetricAverage"]
     history = trainer.fit()
     digest, head = param_digest(model)
-    print("RESULT " + json.dumps({
+    report({
         "rank": backend.rank, "size": backend.size, "digest": digest, "head": head,
         "global_step": trainer.ctx.global_step, "epoch": trainer.ctx.epoch, "history": history,
         "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
         "resumed_from": trainer.ctx.resumed_from,
         "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist(),
-    }), flush=True)
+    })
 
 
 if __name__ == "__main__":

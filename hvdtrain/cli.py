@@ -1,0 +1,150 @@
+"""The ``hvdtrain`` command: ``run`` a training script on N workers, ``doctor`` the install, ``new`` project.
+
+    hvdtrain run -np 4 train.py --epochs 10
+    hvdtrain run --config run.yaml -H node1:4,node2:4 train.py
+    hvdtrain doctor --require torch,mpi
+    hvdtrain new vision-team --framework pytorch
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hvdtrain.launcher.config import CONTROLLERS, LAUNCHERS, LOG_LEVELS, coerce
+from hvdtrain.launcher.errors import LaunchError
+
+USAGE_ERROR = 2
+
+
+def _add_run_parser(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run", help="run a training script on N Horovod workers (horovodrun or mpirun)", allow_abbrev=False,
+        description="Launch SCRIPT on N workers. Options may also come from --config (YAML, keys are the long "
+                    "option names with underscores); the command line wins. See docs/launching.md.")
+    run.add_argument("--config", metavar="YAML", help="read options from this YAML file (e.g. run.yaml)")
+    run.add_argument("--dry-run", action="store_true", help="print the exact launch command and exit")
+    run.add_argument("-np", "--num-proc", dest="np", metavar="N", help="number of worker processes")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("-H", "--hosts", metavar="HOST:N,...", help="hosts and slots, e.g. node1:4,node2:4")
+    where.add_argument("--hostfile", metavar="FILE", help="file of `host slots=N` or `host:N` lines")
+    controller = run.add_mutually_exclusive_group()
+    controller.add_argument("--gloo", dest="controller", action="store_const", const="gloo",
+                            help="use the Gloo controller (launched by horovodrun)")
+    controller.add_argument("--mpi", dest="controller", action="store_const", const="mpi",
+                            help="use the MPI controller (default when mpirun is installed)")
+    controller.add_argument("--controller", choices=CONTROLLERS, help="same as --gloo / --mpi")
+    run.add_argument("--launcher", choices=LAUNCHERS,
+                     help="process launcher (default auto: mpirun for MPI, horovodrun for Gloo)")
+    tuning = run.add_argument_group("Horovod tuning (as horovodrun's options of the same name)")
+    tuning.add_argument("--fusion-threshold-mb", metavar="MB", help="tensor fusion buffer size; 0 disables fusion")
+    tuning.add_argument("--cycle-time-ms", metavar="MS", help="delay between tensor fusion cycles")
+    tuning.add_argument("--cache-capacity", metavar="N", help="response cache size")
+    tuning.add_argument("--timeline-filename", metavar="FILE", help="write a Horovod timeline (JSON) here")
+    tuning.add_argument("--timeline-mark-cycles", action="store_true", default=None, help="mark cycles in it")
+    tuning.add_argument("--autotune", action="store_true", default=None, help="autotune fusion and cycle time")
+    tuning.add_argument("--autotune-log-file", metavar="FILE", help="CSV log of the autotuning trials")
+    tuning.add_argument("--no-stall-check", action="store_true", default=None, help="disable the stall check")
+    tuning.add_argument("--stall-check-warning-time-seconds", metavar="S", help="warn after S s of stall")
+    tuning.add_argument("--stall-check-shutdown-time-seconds", metavar="S", help="shut down after S s of stall")
+    tuning.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="Horovod's log level")
+    net = run.add_argument_group("network and environment")
+    net.add_argument("--network-interface", action="append", metavar="NIC",
+                     help="interface for worker traffic (repeat, or comma-separate)")
+    net.add_argument("-p", "--ssh-port", metavar="PORT", help="ssh port on all hosts")
+    net.add_argument("-i", "--ssh-identity-file", metavar="FILE", help="ssh private key for all hosts")
+    net.add_argument("-x", "--env", action="append", metavar="NAME[=VALUE]",
+                     help="pass an environment variable to the workers (repeatable)")
+    net.add_argument("--mpi-args", metavar="ARGS", help='extra mpirun arguments, e.g. "--mca btl self,tcp"')
+    run.add_argument("script", help="the training script (run with this Python)")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hvdtrain", description=__doc__.split("\n")[0], allow_abbrev=False)
+    from hvdtrain import __version__
+
+    parser.add_argument("--version", action="version", version=f"hvdtrain {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{run,doctor,new}")
+    _add_run_parser(subparsers)
+    doctor = subparsers.add_parser("doctor", help="versions, what Horovod was built with, known problems")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--require", metavar="NAMES",
+                        help="comma-separated: torch,tensorflow,mpi,gloo,nccl; exit 1 if one is missing")
+    new = subparsers.add_parser("new", help="create a team project (train.py, configs, Dockerfile, jobs)")
+    new.add_argument("name", help="project name: lower-case letters, digits and dashes")
+    new.add_argument("--framework", choices=("pytorch", "tensorflow"), default="pytorch")
+    new.add_argument("--directory", metavar="DIR", help="where to create it (default: ./NAME)")
+    return parser
+
+
+_NOT_OPTIONS = {"command", "config", "dry_run", "script", "script_args"}
+
+
+def cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``run`` options given on the command line, validated like config values."""
+    values = {}
+    for key, value in vars(args).items():
+        if key in _NOT_OPTIONS or value is None:
+            continue
+        if key in ("network_interface", "env"):
+            value = [part for item in value for part in (item.split(",") if key == "network_interface" else [item])]
+        values[key] = coerce(key, value, "command line")
+    return values
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hvdtrain.launcher.run import plan_job, run_job
+
+    plan = plan_job(cli_values(args), args.script, args.script_args, config_path=args.config)
+    return run_job(plan, dry_run=args.dry_run)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from hvdtrain.launcher.checks import parse_requirements
+    from hvdtrain.launcher.doctor import collect, format_report
+
+    try:
+        require = parse_requirements(args.require)
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+    report = collect(require)
+    print(json.dumps(report, indent=2) if args.json else format_report(report), flush=True)
+    return 0 if report["ok"] else 1
+
+
+def _new(args: argparse.Namespace) -> int:
+    from hvdtrain.launcher.scaffold import ScaffoldError, create_project
+
+    try:
+        target = create_project(args.name, args.framework, args.directory)
+    except ScaffoldError as err:
+        raise LaunchError(str(err)) from err
+    print(f"created {args.framework} project {args.name!r} in {target}\n"
+          f"next: cd {target} && hvdtrain run --config run.yaml train.py")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hvdtrain`` command; returns the exit status.
+
+    Bad input (unknown script, too many workers for the hosts, a broken hostfile or config)
+    prints one message on stderr and returns 2. ``run`` returns the job's exit status.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
+    handlers = {"run": _run, "doctor": _doctor, "new": _new}
+    try:
+        return handlers[args.command](args)
+    except LaunchError as err:
+        print(f"hvdtrain {args.command}: error: {err}", file=sys.stderr, flush=True)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

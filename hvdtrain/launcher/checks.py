@@ -1,0 +1,123 @@
+"""Known installation problems and their fixes: pure functions over what ``doctor`` collected."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+REBUILD = "re-run `make setup` (or scripts/build_horovod.sh)"
+# Horovod's metadata.json key -> the name hvdtrain reports the framework under.
+RECORDED_KEYS = {"pytorch": "torch", "tensorflow": "tensorflow"}
+FRAMEWORK_TITLES = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+REQUIREMENTS = ("torch", "tensorflow", "mpi", "gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the installation; ``error`` makes ``hvdtrain doctor`` exit non-zero."""
+
+    severity: str  # "error" or "warning"
+    message: str
+    fix: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def missing_horovod_problem(prefix: str) -> Problem:
+    """Horovod is not importable from this interpreter's environment."""
+    return Problem("error", f"Horovod is not installed in {prefix}", f"{REBUILD} to build and install it")
+
+
+def version_problems(recorded: Mapping[str, str] | None, installed: Mapping[str, str | None]) -> list[Problem]:
+    """Horovod compiled against a framework version other than the installed one.
+
+    Args:
+        recorded: Horovod's ``metadata.json`` (``{"pytorch": "2.13.0+cpu", "tensorflow": "2.21.0"}``).
+        installed: installed versions keyed ``torch`` and ``tensorflow`` (None: not installed).
+    """
+    problems = []
+    for key, name in RECORDED_KEYS.items():
+        built_with, have = (recorded or {}).get(key), installed.get(name)
+        if have is None or built_with in (None, "none") or built_with == have:
+            continue
+        problems.append(Problem(
+            "error",
+            f"Horovod was built against {name} {built_with} but {name} {have} is installed; its "
+            f"{FRAMEWORK_TITLES[name]} extension may fail to load or crash at run time",
+            f"{REBUILD} to rebuild Horovod against {name} {have}"))
+    return problems
+
+
+def extension_problems(extensions: Mapping[str, Mapping[str, Any]], installed: Mapping[str, str | None]
+                       ) -> list[Problem]:
+    """A framework is installed but its Horovod extension (``horovod.torch`` / ``horovod.tensorflow``) fails."""
+    problems = []
+    for name, probe in extensions.items():
+        if probe.get("loads"):
+            continue
+        error = probe.get("error") or "unknown error"
+        if "has not been built" in error:
+            why = f"Horovod was built without {FRAMEWORK_TITLES[name]} support"
+        else:
+            why = f"horovod.{name} fails to load: {error}"
+        problems.append(Problem("error", why, f"{REBUILD} to rebuild Horovod against {name} {installed.get(name)}"))
+    return problems
+
+
+def environment_problems(mpirun: str | None, horovodrun: str | None, is_root: bool,
+                         environ: Mapping[str, str]) -> list[Problem]:
+    """Launch-time pitfalls: a missing launcher, Open MPI refusing root."""
+    problems = []
+    if not mpirun:
+        problems.append(Problem(
+            "warning", "`mpirun` is not on PATH: only the Gloo controller can be used",
+            "install Open MPI (`make setup`, or apt-get install openmpi-bin libopenmpi-dev) and rebuild Horovod"))
+    if not horovodrun:
+        problems.append(Problem(
+            "warning", "`horovodrun` is missing next to this Python and on PATH",
+            f"{REBUILD}; it installs Horovod and its launcher into this environment"))
+    allowed = environ.get("OMPI_ALLOW_RUN_AS_ROOT") == "1" and environ.get("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") == "1"
+    if mpirun and is_root and not allowed:
+        problems.append(Problem(
+            "warning", "running as root: plain `mpirun` refuses to start unless told root is fine",
+            "`hvdtrain run` adds --allow-run-as-root for you; by hand, add --allow-run-as-root or "
+            "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"))
+    return problems
+
+
+def requirement_problems(require: list[str], report: Mapping[str, Any]) -> list[Problem]:
+    """Each name of ``--require`` that this installation does not provide.
+
+    Args:
+        require: names out of ``REQUIREMENTS``.
+        report: the report built by ``doctor.collect`` (``horovod`` and ``launchers`` sections).
+    """
+    horovod = report["horovod"]
+    have = {
+        "torch": horovod["frameworks"].get("torch", False),
+        "tensorflow": horovod["frameworks"].get("tensorflow", False),
+        "mpi": horovod["controllers"].get("mpi", False) and bool(report["launchers"].get("mpirun")),
+        "gloo": horovod["controllers"].get("gloo", False),
+        "nccl": horovod["tensor_operations"].get("nccl", False),
+    }
+    fixes = {
+        "torch": f"install torch, then {REBUILD}",
+        "tensorflow": f"install tensorflow, then {REBUILD}",
+        "mpi": f"install Open MPI (apt-get install openmpi-bin libopenmpi-dev), then {REBUILD}",
+        "gloo": f"{REBUILD} (the build enables Gloo with HOROVOD_WITH_GLOO=1)",
+        "nccl": f"on a CUDA machine, {REBUILD} with HOROVOD_GPU_OPERATIONS=NCCL",
+    }
+    return [Problem("error", f"required `{name}` is not available to Horovod here", fixes[name])
+            for name in require if not have[name]]
+
+
+def parse_requirements(text: str | None) -> list[str]:
+    """Split ``--require torch,mpi``; raises ValueError naming the valid names on an unknown one."""
+    names = [name.strip().lower() for name in (text or "").split(",") if name.strip()]
+    aliases = {"pytorch": "torch", "tf": "tensorflow"}
+    names = [aliases.get(name, name) for name in names]
+    unknown = [name for name in names if name not in REQUIREMENTS]
+    if unknown:
+        raise ValueError(f"--require: unknown name(s) {', '.join(unknown)}; choose from {', '.join(REQUIREMENTS)}")
+    return names

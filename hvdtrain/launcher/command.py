@@ -1,0 +1,310 @@
+"""Turn ``RunOptions`` into the exact launcher command: pure functions, nothing is started here.
+
+The machine (interpreter, launchers found, cores, root or not, environment) is an
+explicit ``Machine`` value, so the command for any machine can be built and tested.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hvdtrain.launcher.config import RunOptions
+from hvdtrain.launcher.errors import LaunchError
+from hvdtrain.launcher.hosts import Host, HostError, format_hosts, parse_hostfile, parse_hosts, processes_per_host
+from hvdtrain.launcher.hosts import total_slots as count_slots
+
+# Environment variables exported to every worker by mpirun (horovodrun exports the whole environment).
+PASSTHROUGH_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                     "PYTHONUNBUFFERED", "PYTHONHASHSEED", "CUDA_VISIBLE_DEVICES", "TF_CPP_MIN_LOG_LEVEL",
+                     "TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")
+PASSTHROUGH_PREFIXES = ("HVDTRAIN_", "HOROVOD_", "NCCL_")
+# A scheduler that hands mpirun its own host list; then hvdtrain adds no -H.
+ALLOCATION_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "OMPI_MCA_orte_default_hostfile")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the launching machine offers; ``detect_machine()`` fills it in for this one."""
+
+    python: str
+    horovodrun: str | None
+    mpirun: str | None
+    cpu_count: int
+    is_root: bool
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+def find_tool(name: str, python: str = sys.executable, environ: Mapping[str, str] | None = None) -> str | None:
+    """``name`` next to ``python`` (its venv's bin directory) if there, else on PATH, else None."""
+    beside = Path(python).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    path = (environ if environ is not None else os.environ).get("PATH")
+    return shutil.which(name, path=path)
+
+
+def detect_machine() -> Machine:
+    """Describe the machine this process runs on."""
+    return Machine(python=sys.executable, horovodrun=find_tool("horovodrun"), mpirun=find_tool("mpirun"),
+                   cpu_count=os.cpu_count() or 1, is_root=hasattr(os, "geteuid") and os.geteuid() == 0,
+                   environ=dict(os.environ))
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """The command to run and the variables set on top of the current environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+    launcher: str
+    controller: str
+    np: int | None
+    hosts: list[Host] | None
+    yield_when_idle: bool
+
+    def shell(self) -> str:
+        """The plan as one copy-pasteable shell line."""
+        assignments = [f"{name}={shlex.quote(value)}" for name, value in sorted(self.env.items())]
+        return " ".join([*assignments, shlex.join(self.argv)])
+
+
+def check_script(script: str, cwd: str | os.PathLike | None = None) -> None:
+    """Fail unless ``script`` is an existing file (relative paths from ``cwd``)."""
+    path = Path(cwd or os.getcwd()) / script
+    if path.is_dir():
+        raise LaunchError(f"training script {script!r} is a directory; give the Python file to run, "
+                          "e.g. `hvdtrain run -np 2 train.py`")
+    if not path.is_file():
+        raise LaunchError(f"training script {script!r} not found (looked in {Path(cwd or os.getcwd())}); "
+                          "check the path, it is relative to the current directory")
+
+
+def resolve_hosts(options: RunOptions) -> list[Host] | None:
+    """The hosts of ``--hosts`` or ``--hostfile``, or None for "this machine only"."""
+    if options.hosts and options.hostfile:
+        raise LaunchError("give either -H/--hosts or --hostfile, not both")
+    try:
+        if options.hosts:
+            return parse_hosts(options.hosts)
+        if options.hostfile:
+            return parse_hostfile(options.hostfile)
+    except HostError as err:
+        raise LaunchError(str(err)) from err
+    return None
+
+
+def resolve_np(options: RunOptions, hosts: list[Host] | None, allocation: str | None) -> int | None:
+    """The number of workers; checks it fits the slots of the hosts."""
+    if hosts is not None:
+        slots = count_slots(hosts)
+        np = options.np if options.np is not None else slots
+        if np > slots:
+            raise LaunchError(f"-np {np} is more than the {slots} slots of the hosts ({format_hosts(hosts)}); "
+                              f"lower -np to at most {slots} or add slots (`host:N` / `host slots=N`)")
+        return np
+    if options.np is None and allocation is None:
+        raise LaunchError("the number of workers is not set: give -np N (or `np: N` in the config file), "
+                          "or hosts with -H/--hostfile to use all their slots")
+    return options.np
+
+
+def resolve_controller(options: RunOptions, machine: Machine) -> str:
+    """``mpi`` or ``gloo``: as asked, else MPI when mpirun exists (faster here), else Gloo."""
+    if options.controller:
+        return options.controller
+    if options.launcher == "mpirun" or machine.mpirun:
+        return "mpi"
+    return "gloo"
+
+
+def resolve_launcher(options: RunOptions, controller: str, machine: Machine) -> tuple[str, str]:
+    """The launcher name and its executable; checks the combination can work."""
+    launcher = options.launcher
+    if launcher == "auto":
+        launcher = "mpirun" if controller == "mpi" else "horovodrun"
+    if launcher == "mpirun" and controller == "gloo":
+        raise LaunchError("the Gloo controller needs horovodrun (it runs Gloo's rendezvous); "
+                          "use --gloo with --launcher horovodrun, or --mpi with --launcher mpirun")
+    if controller == "mpi" and not machine.mpirun:
+        raise LaunchError("the MPI controller needs `mpirun`, which is not on PATH; install Open MPI "
+                          "(`make setup` or apt-get install openmpi-bin) or use --gloo")
+    executable = machine.mpirun if launcher == "mpirun" else machine.horovodrun
+    if not executable:
+        raise LaunchError(f"`horovodrun` was found neither next to {machine.python} nor on PATH; "
+                          "install Horovod into this environment (`make setup`)")
+    return launcher, executable
+
+
+def split_env(entries: list[str], environ: Mapping[str, str]) -> dict[str, str | None]:
+    """``NAME=VALUE`` -> value, ``NAME`` -> None (pass the current value); checks ``NAME`` is set."""
+    result: dict[str, str | None] = {}
+    for entry in entries:
+        name, has_value, value = entry.partition("=")
+        if not has_value and name not in environ:
+            raise LaunchError(f"-x {name}: {name} is not set in this environment; "
+                              f"set it first or give a value with -x {name}=VALUE")
+        result[name] = value if has_value else None
+    return result
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+# option key, horovodrun flag, Horovod environment variable, its value (None: a flag without value, "1").
+HOROVOD_OPTIONS = (
+    ("fusion_threshold_mb", "--fusion-threshold-mb", "HOROVOD_FUSION_THRESHOLD", lambda mb: str(mb * 1024 * 1024)),
+    ("cycle_time_ms", "--cycle-time-ms", "HOROVOD_CYCLE_TIME", _number),
+    ("cache_capacity", "--cache-capacity", "HOROVOD_CACHE_CAPACITY", str),
+    ("timeline_filename", "--timeline-filename", "HOROVOD_TIMELINE", str),
+    ("timeline_mark_cycles", "--timeline-mark-cycles", "HOROVOD_TIMELINE_MARK_CYCLES", None),
+    ("autotune", "--autotune", "HOROVOD_AUTOTUNE", None),
+    ("autotune_log_file", "--autotune-log-file", "HOROVOD_AUTOTUNE_LOG", str),
+    ("no_stall_check", "--no-stall-check", "HOROVOD_STALL_CHECK_DISABLE", None),
+    ("stall_check_warning_time_seconds", "--stall-check-warning-time-seconds", "HOROVOD_STALL_CHECK_TIME_SECONDS",
+     str),
+    ("stall_check_shutdown_time_seconds", "--stall-check-shutdown-time-seconds",
+     "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str),
+    ("log_level", "--log-level", "HOROVOD_LOG_LEVEL", str),
+)
+
+
+def horovod_settings(options: RunOptions) -> list[tuple[list[str], str, str]]:
+    """Each Horovod tuning option that is set, as (horovodrun flags, environment variable, value)."""
+    _check_horovod_combinations(options)
+    settings = []
+    for key, flag, variable, to_value in HOROVOD_OPTIONS:
+        value = getattr(options, key)
+        if value is None or value is False:
+            continue
+        if to_value is None:
+            settings.append(([flag], variable, "1"))
+        else:
+            text = _number(value) if isinstance(value, float) else str(value)
+            settings.append(([flag, text], variable, to_value(value)))
+    return settings
+
+
+def _check_horovod_combinations(options: RunOptions) -> None:
+    stall_times = (options.stall_check_warning_time_seconds, options.stall_check_shutdown_time_seconds)
+    if options.no_stall_check and any(value is not None for value in stall_times):
+        raise LaunchError("--no-stall-check disables the stall check, so the stall check times do nothing; "
+                          "drop one of them")
+    warning, shutdown = options.stall_check_warning_time_seconds, options.stall_check_shutdown_time_seconds
+    if shutdown and shutdown <= (warning if warning is not None else 60):
+        raise LaunchError(f"--stall-check-shutdown-time-seconds {shutdown} must be greater than the warning time "
+                          f"({warning if warning is not None else 60} s), or Horovod never shuts down")
+    if options.timeline_mark_cycles and not options.timeline_filename:
+        raise LaunchError("--timeline-mark-cycles needs --timeline-filename")
+    if options.autotune_log_file and not options.autotune:
+        raise LaunchError("--autotune-log-file needs --autotune")
+
+
+def needs_yield(np: int | None, hosts: list[Host] | None, cpu_count: int) -> bool:
+    """True when a host runs at least as many workers as this machine has cores.
+
+    Open MPI then must not busy-poll: spinning workers steal the cores the others compute on.
+    Remote hosts are assumed to have as many cores as this one.
+    """
+    if np is None:
+        return False
+    per_host = processes_per_host(hosts, np) if hosts else [np]
+    return max(per_host) >= cpu_count
+
+
+def build_plan(options: RunOptions, script: str, script_args: list[str], machine: Machine,
+               cwd: str | os.PathLike | None = None) -> LaunchPlan:
+    """The exact command that runs ``script`` on the workers ``options`` describe.
+
+    Args:
+        options: merged options (``config.merge``).
+        script: the training script; it runs with ``machine.python``.
+        script_args: arguments passed to the script unchanged.
+        machine: the launching machine (``detect_machine()``).
+        cwd: directory the script path is relative to (default: the current directory).
+
+    Raises:
+        LaunchError: on any input that cannot work; the message names the fix.
+    """
+    check_script(script, cwd)
+    hosts = resolve_hosts(options)
+    allocation = next((name for name in ALLOCATION_VARIABLES if name in machine.environ), None)
+    np = resolve_np(options, hosts, allocation)
+    controller = resolve_controller(options, machine)
+    launcher, executable = resolve_launcher(options, controller, machine)
+    user_env = split_env(options.env, machine.environ)
+    settings = horovod_settings(options)
+    yield_idle = controller == "mpi" and needs_yield(np, hosts, machine.cpu_count)
+    program = [machine.python, script, *script_args]
+    if launcher == "mpirun":
+        argv = _mpirun_argv(executable, options, np, hosts, allocation, machine, yield_idle, user_env, settings)
+        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle)
+    if options.mpi_args and controller == "gloo":
+        raise LaunchError("mpi_args only apply to the MPI controller; drop them or use --mpi")
+    argv = _horovodrun_argv(executable, options, np, hosts, controller, yield_idle, settings)
+    env = {name: value for name, value in user_env.items() if value is not None}
+    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle)
+
+
+def _horovodrun_argv(executable: str, options: RunOptions, np: int | None, hosts: list[Host] | None,
+                     controller: str, yield_idle: bool, settings: list) -> list[str]:
+    argv = [executable, "-np", str(np)]
+    if hosts:
+        argv += ["-H", format_hosts(hosts)]
+    argv.append(f"--{controller}")
+    for flags, _name, _value in settings:
+        argv += flags
+    for interface in options.network_interface:
+        argv += ["--network-interface", interface]
+    if options.ssh_port:
+        argv += ["-p", str(options.ssh_port)]
+    if options.ssh_identity_file:
+        argv += ["-i", options.ssh_identity_file]
+    mpi_args = (["--mca", "mpi_yield_when_idle", "1"] if yield_idle else []) + options.mpi_args
+    if mpi_args:
+        argv.append(f"--mpi-args={shlex.join(mpi_args)}")
+    return argv
+
+
+def _mpirun_argv(executable: str, options: RunOptions, np: int | None, hosts: list[Host] | None,
+                 allocation: str | None, machine: Machine, yield_idle: bool, user_env: dict[str, str | None],
+                 settings: list) -> list[str]:
+    argv = [executable]
+    if np is not None:
+        argv += ["-np", str(np)]
+    if hosts:
+        argv += ["-H", format_hosts(hosts)]
+    elif allocation is None:
+        argv += ["-H", f"localhost:{np}"]
+    argv += ["--bind-to", "none", "--map-by", "slot"]
+    if machine.is_root:
+        argv.append("--allow-run-as-root")
+    if yield_idle:
+        argv += ["--mca", "mpi_yield_when_idle", "1"]
+    if options.network_interface:
+        interfaces = ",".join(options.network_interface)
+        argv += ["--mca", "btl_tcp_if_include", interfaces, "--mca", "oob_tcp_if_include", interfaces,
+                 "-x", f"NCCL_SOCKET_IFNAME={interfaces}"]
+    ssh = (["-p", str(options.ssh_port)] if options.ssh_port else []) + (
+        ["-i", options.ssh_identity_file] if options.ssh_identity_file else [])
+    if ssh:
+        argv += ["--mca", "plm_rsh_args", shlex.join(ssh)]
+    argv += options.mpi_args
+    for name in exported_names(machine.environ, {*user_env, *(name for _f, name, _v in settings)}):
+        argv += ["-x", name]
+    for name, value in user_env.items():
+        argv += ["-x", name if value is None else f"{name}={value}"]
+    for _flags, name, value in settings:
+        argv += ["-x", f"{name}={value}"]
+    return argv
+
+
+def exported_names(environ: Mapping[str, str], exclude: set[str]) -> list[str]:
+    """Names of the set variables every worker needs (sorted), minus ``exclude`` (given with a value)."""
+    return sorted(name for name in environ if name not in exclude and (
+        name in PASSTHROUGH_NAMES or name.startswith(PASSTHROUGH_PREFIXES)))

@@ -1,0 +1,211 @@
+"""``hvdtrain doctor``: versions, what Horovod was built with, and known problems with their fixes.
+
+Horovod's framework extensions are loaded in child processes, so a broken extension
+(wrong framework version, missing symbol, crash) is reported instead of killing the doctor.
+"""
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hvdtrain.launcher.checks import (
+    RECORDED_KEYS,
+    environment_problems,
+    extension_problems,
+    missing_horovod_problem,
+    requirement_problems,
+    version_problems,
+)
+from hvdtrain.launcher.command import find_tool
+
+PROBE_TIMEOUT = 180.0
+PROBE_TAG = "HVDTRAIN_PROBE "
+BUILD_FLAGS = ("mpi", "gloo", "nccl", "ddl", "ccl", "cuda", "rocm")
+# Loads one Horovod extension and prints what it was built with; warnings (e.g. version mismatch) kept.
+_PROBE = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import horovod.{module} as hvd
+    built = {{flag: bool(getattr(hvd, flag + "_built")()) for flag in {flags!r}}}
+messages = [str(w.message) for w in caught if "horovod" in str(w.filename)]
+print({tag!r} + json.dumps({{"built": built, "warnings": messages}}), flush=True)
+"""
+
+
+def distribution_version(*names: str) -> str | None:
+    """The installed version of the first distribution found among ``names``."""
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tensorflow_version() -> str | None:
+    """TensorFlow's version, whichever distribution (tensorflow, tensorflow-cpu, ...) provides it."""
+    providers = metadata.packages_distributions().get("tensorflow", [])
+    return distribution_version(*providers, "tensorflow", "tensorflow-cpu")
+
+
+def openmpi_version(mpirun: str | None) -> str | None:
+    """``mpirun --version``'s version (e.g. ``Open MPI 4.1.4``), or None without a working mpirun."""
+    if not mpirun:
+        return None
+    try:
+        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"\(([^)]+)\)\s+(\S+)", out)
+    return f"{match[1]} {match[2]}" if match else (out.strip().splitlines() or [None])[0]
+
+
+def recorded_versions() -> dict[str, str] | None:
+    """The framework versions Horovod was compiled against (its ``metadata.json``), without importing it."""
+    spec = importlib.util.find_spec("horovod")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def installed_versions(mpirun: str | None) -> dict[str, str | None]:
+    """Versions of everything hvdtrain runs on; None where a package is not installed."""
+    from hvdtrain import __version__
+
+    return {
+        "python": platform.python_version(),
+        "hvdtrain": __version__,
+        "horovod": distribution_version("horovod"),
+        "torch": distribution_version("torch"),
+        "tensorflow": tensorflow_version(),
+        "openmpi": openmpi_version(mpirun),
+        "mpi4py": distribution_version("mpi4py"),
+    }
+
+
+def start_probe(framework: str) -> subprocess.Popen:
+    """Start loading ``horovod.<framework>`` in a child interpreter (this one)."""
+    code = _PROBE.format(module=framework, flags=BUILD_FLAGS, tag=PROBE_TAG)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def finish_probe(proc: subprocess.Popen, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
+    """Wait for a probe: ``{"loads", "built", "warnings", "error"}``."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"loads": False, "built": {}, "warnings": [], "error": f"loading timed out after {timeout:g} s"}
+    for line in out.splitlines():
+        if line.startswith(PROBE_TAG):
+            result = json.loads(line[len(PROBE_TAG):])
+            return {"loads": True, "error": None, **result}
+    return {"loads": False, "built": {}, "warnings": [], "error": exception_text(err, proc.returncode)}
+
+
+def exception_text(stderr: str, returncode: int) -> str:
+    """The exception at the end of a traceback, or how the process died."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line)]
+    if starts:
+        return " ".join(line.strip() for line in lines[starts[-1]:])
+    if returncode < 0:
+        return f"the interpreter died from signal {-returncode} while loading it"
+    return " ".join(lines[-3:]) or f"exited with status {returncode} and no message"
+
+
+def probe_extensions(installed: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """Load the Horovod extension of every installed framework, in parallel child processes."""
+    running = {name: start_probe(name) for name in ("torch", "tensorflow") if installed.get(name)}
+    return {name: finish_probe(proc) for name, proc in running.items()}
+
+
+def build_summary(extensions: dict[str, dict[str, Any]]) -> dict[str, dict[str, bool]]:
+    """Frameworks, controllers and tensor operations Horovod was built with (as ``horovodrun -cb``)."""
+    built = {flag: any(probe["built"].get(flag, False) for probe in extensions.values()) for flag in BUILD_FLAGS}
+    return {
+        "frameworks": {name: bool(probe["loads"]) for name, probe in extensions.items()},
+        "controllers": {"mpi": built["mpi"], "gloo": built["gloo"]},
+        "tensor_operations": {op: built[op] for op in ("nccl", "ddl", "ccl", "mpi", "gloo")},
+        "gpu": {"cuda": built["cuda"], "rocm": built["rocm"]},
+    }
+
+
+def collect(require: list[str] | None = None) -> dict[str, Any]:
+    """Inspect this installation; the returned dict is what ``hvdtrain doctor --json`` prints."""
+    launchers = {"horovodrun": find_tool("horovodrun"), "mpirun": find_tool("mpirun")}
+    versions = installed_versions(launchers["mpirun"])
+    recorded = recorded_versions()
+    extensions = probe_extensions(versions) if versions["horovod"] else {}
+    report: dict[str, Any] = {
+        "versions": versions,
+        "python_executable": sys.executable,
+        "launchers": launchers,
+        "horovod": {"installed": versions["horovod"] is not None, "built_against": recorded,
+                    "extensions": extensions, **build_summary(extensions)},
+    }
+    problems = []
+    if not versions["horovod"]:
+        problems.append(missing_horovod_problem(sys.prefix))
+    problems += version_problems(recorded, versions)
+    problems += extension_problems(extensions, versions)
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    problems += environment_problems(launchers["mpirun"], launchers["horovodrun"], is_root, os.environ)
+    problems += requirement_problems(require or [], report)
+    report["problems"] = [problem.as_dict() for problem in problems]
+    report["ok"] = not any(problem.severity == "error" for problem in problems)
+    return report
+
+
+def _mark(flag: bool) -> str:
+    return "[X]" if flag else "[ ]"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    versions, horovod = report["versions"], report["horovod"]
+    built = horovod.get("built_against") or {}
+    against = ", ".join(f"{RECORDED_KEYS[key]} {value}" for key, value in built.items() if key in RECORDED_KEYS)
+    rows = [
+        ("Python", f"{versions['python']} ({report['python_executable']})"),
+        ("hvdtrain", versions["hvdtrain"]),
+        ("Horovod", f"{versions['horovod']}" + (f" (built against {against})" if against else "")),
+        ("torch", versions["torch"]),
+        ("TensorFlow", versions["tensorflow"]),
+        ("MPI", f"{versions['openmpi']} ({report['launchers']['mpirun']})" if versions["openmpi"] else None),
+        ("mpi4py", versions["mpi4py"]),
+        ("horovodrun", report["launchers"]["horovodrun"]),
+    ]
+    lines = ["Versions"] + [f"  {name:<11} {value or 'not installed'}" for name, value in rows]
+    if horovod["installed"]:
+        titles = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+        lines += [
+            "Horovod build",
+            "  Frameworks:        " + "  ".join(f"{_mark(ok)} {titles[name]}"
+                                                for name, ok in horovod["frameworks"].items()),
+            "  Controllers:       " + "  ".join(f"{_mark(ok)} {name.upper() if name == 'mpi' else 'Gloo'}"
+                                                for name, ok in horovod["controllers"].items()),
+            "  Tensor operations: " + "  ".join(f"{_mark(ok)} {name.upper() if name != 'gloo' else 'Gloo'}"
+                                                for name, ok in horovod["tensor_operations"].items()),
+        ]
+    lines.append("Problems" if report["problems"] else "Problems: none")
+    for problem in report["problems"]:
+        lines += [f"  {problem['severity'].upper()}: {problem['message']}", f"    fix: {problem['fix']}"]
+    lines.append("OK" if report["ok"] else "NOT OK: fix the errors above")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""``hvdtrain run``: plan the launch (pure) and execute it, forwarding signals so no job is left behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from hvdtrain.launcher.command import LaunchPlan, Machine, build_plan, detect_machine
+from hvdtrain.launcher.config import load_config, merge
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# After a forwarded signal, how long the launcher gets to stop its workers before they are killed.
+GRACE_SECONDS = 20.0
+
+
+def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], config_path: str | None = None,
+             machine: Machine | None = None) -> LaunchPlan:
+    """Merge the config file (if any) with the command-line values and build the launch command.
+
+    Raises:
+        LaunchError: bad config, options, hosts or script.
+    """
+    config = load_config(config_path) if config_path else {}
+    options = merge(config, cli_values)
+    return build_plan(options, script, script_args, machine or detect_machine())
+
+
+def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) -> int:
+    """Print the command (``dry_run``) or run it; returns the launcher's exit status."""
+    out = out or sys.stdout
+    if dry_run:
+        print(plan.shell(), file=out, flush=True)
+        return 0
+    return execute(plan.argv, plan.env)
+
+
+def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_seconds: float = GRACE_SECONDS) -> int:
+    """Run the launcher in its own process group and wait for it.
+
+    SIGINT, SIGTERM and SIGHUP received here are forwarded to the launcher, which stops its
+    workers. A second signal, or a launcher still running ``grace_seconds`` after the first, gets
+    SIGKILL for the launcher's whole session (its own new session, so nothing else is touched).
+    Whatever is left in that session when the launcher exits is killed too.
+
+    Returns:
+        The launcher's exit status, or 128 + N when it died from signal N.
+    """
+    env = {**os.environ, **(env_updates or {})}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    received: list[float] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if received:
+            _kill_session(proc.pid)
+        else:
+            _send(proc, signum)
+        received.append(time.monotonic())
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if in_main_thread else {}
+    try:
+        _wait_for_exit(proc.pid, received, grace_seconds)
+        # The launcher has exited but is not reaped yet, so its session id cannot be reused: clean up.
+        _kill_session(proc.pid)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    status = proc.wait()
+    return 128 - status if status < 0 else status
+
+
+def _wait_for_exit(pid: int, received: list[float], grace_seconds: float) -> None:
+    """Block until ``pid`` exits, without reaping it; kill its group once the grace period is over."""
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if received and time.monotonic() - received[0] > grace_seconds:
+            print(f"hvdtrain: the launcher did not stop {grace_seconds:g} s after the signal; killing the job",
+                  file=sys.stderr, flush=True)
+            _kill_session(pid)
+            received[0] = time.monotonic()
+        time.sleep(0.2)
+
+
+def _send(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes of session ``sid`` (Linux /proc); mpirun puts each worker in a group of its own."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL the launcher's session: its own process group and every worker group it created."""
+    members = session_members(sid)
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
