@@ -172,6 +172,6 @@ class ResumeFromCheckpoint(Callback):
             rates = ctx.adapter.get_learning_rates(ctx.optimizer)
             ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
         for callback in ctx.callbacks or ():
-            rescale = getattr(callback, "on_world_size_change", None)
+            rescale = getattr(callback, "rescale_for_world_size", None)
             if rescale:
                 rescale(old_size, ctx.size)

@@ -67,7 +67,7 @@ class LearningRateSchedule(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base_lrs = state["base_lrs"]
 
-    def on_world_size_change(self, old_size: int, new_size: int) -> None:
+    def rescale_for_world_size(self, old_size: int, new_size: int) -> None:
         """Keep the linear-scaling rule when resuming on a different number of workers."""
         if self.base_lrs is not None:
             self.base_lrs = [lr * new_size / old_size for lr in self.base_lrs]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import hvdtrain.torch as ht
-from hvdtrain.callbacks import Callback, Order
+from hvdtrain.callbacks import Callback, Order, ResumeFromCheckpoint
 from tests.launch import report
 
 
@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--patience", type=int)
     p.add_argument("--nan-at-step", type=int)
     p.add_argument("--rank-metric", action="store_true")
+    p.add_argument("--strict-world-size", action="store_true")
     p.add_argument("--no-metric-average", action="store_true")
     args = p.parse_args()
 
@@ -106,6 +107,8 @@ def main() -> None:
         callbacks.append(RankMetric())
     if args.patience is not None:
         callbacks.append(Plateau())
+    if args.strict_world_size:
+        callbacks.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
     if args.die_at_step is not None:
         callbacks.append(DieAtStep(args.die_at_step, args.die_rank))
     trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_data(0),
