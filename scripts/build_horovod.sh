@@ -60,6 +60,13 @@ TF_VERSION=$(framework_version tensorflow-cpu 2>/dev/null || framework_version t
 PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 KEY="horovod-${HOROVOD_VERSION}_torch-${TORCH_VERSION}_tf-${TF_VERSION}_py-${PY_VERSION}_gpu-${HOROVOD_GPU_OPERATIONS:-none}"
 WHEEL_DIR="$CACHE_ROOT/wheels/$KEY"
+# Records which build is installed in this environment (hvdtrain doctor reads it too).
+MARKER="$("$PYTHON" -c 'import sys; print(sys.prefix)')/hvdtrain-horovod-build.txt"
+
+if [ "$(cat "$MARKER" 2>/dev/null)" = "$KEY" ] && "$PYTHON" -c "import horovod.torch, horovod.tensorflow" 2>/dev/null; then
+  log "Horovod $KEY is already installed"
+  exit 0
+fi
 
 if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
   command -v cmake >/dev/null || die "cmake not found; install it (apt-get install cmake)"
@@ -81,4 +88,5 @@ else
 fi
 "$PYTHON" -m pip install --quiet --force-reinstall --no-deps "$WHEEL_DIR"/horovod-*.whl
 "$PYTHON" -m pip install --quiet cloudpickle psutil pyyaml packaging
-log "installed Horovod $HOROVOD_VERSION"
+echo "$KEY" > "$MARKER"
+log "installed Horovod $HOROVOD_VERSION ($KEY)"
