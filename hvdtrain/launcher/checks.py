@@ -1,6 +1,7 @@
 """Known installation problems and their fixes: pure functions over what ``doctor`` collected."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -46,6 +47,40 @@ def version_problems(recorded: Mapping[str, str] | None, installed: Mapping[str,
             f"Horovod was built against {name} {built_with} but {name} {have} is installed; its "
             f"{FRAMEWORK_TITLES[name]} extension may fail to load or crash at run time",
             f"{REBUILD} to rebuild Horovod against {name} {have}"))
+    return problems
+
+
+_BUILD_KEY = re.compile(r"^horovod-(?P<horovod>.+?)_torch-(?P<torch>.+?)_tf-(?P<tensorflow>.+?)"
+                        r"_py-(?P<python>\d+\.\d+)_gpu-(?P<gpu>.+)$")
+
+
+def parse_build_key(key: str) -> dict[str, str] | None:
+    """Split the key ``scripts/build_horovod.sh`` records (``horovod-0.28.1_torch-2.13.0+cpu_tf-...``)."""
+    match = _BUILD_KEY.match(key.strip())
+    return match.groupdict() if match else None
+
+
+def build_key_problems(key: str | None, installed: Mapping[str, str | None]) -> list[Problem]:
+    """The environment changed since ``scripts/build_horovod.sh`` built the installed Horovod.
+
+    Args:
+        key: the recorded build key (``<venv>/hvdtrain-horovod-build.txt``), None when absent.
+        installed: distribution versions keyed ``horovod``, ``torch``, ``tensorflow`` and ``python``
+            (major.minor), as the build script reads them.
+    """
+    if key is None:
+        return []
+    built = parse_build_key(key)
+    if built is None:
+        return [Problem("warning", f"the recorded Horovod build key {key!r} is not in the expected format",
+                        f"{REBUILD} to record it again")]
+    problems = []
+    for name in ("horovod", "torch", "tensorflow", "python"):
+        have = installed.get(name)
+        if have is not None and built[name] != have:
+            problems.append(Problem(
+                "error", f"Horovod here was built by scripts/build_horovod.sh for {name} {built[name]}, "
+                         f"but {name} {have} is installed now", f"{REBUILD} to rebuild Horovod against {name} {have}"))
     return problems
 
 

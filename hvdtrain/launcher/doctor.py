@@ -18,6 +18,7 @@ from typing import Any
 
 from hvdtrain.launcher.checks import (
     RECORDED_KEYS,
+    build_key_problems,
     environment_problems,
     extension_problems,
     missing_horovod_problem,
@@ -27,17 +28,21 @@ from hvdtrain.launcher.checks import (
 from hvdtrain.launcher.command import find_tool
 
 PROBE_TIMEOUT = 180.0
+BUILD_KEY_FILE = "hvdtrain-horovod-build.txt"  # written into sys.prefix by scripts/build_horovod.sh
 PROBE_TAG = "HVDTRAIN_PROBE "
 BUILD_FLAGS = ("mpi", "gloo", "nccl", "ddl", "ccl", "cuda", "rocm")
 # Loads one Horovod extension and prints what it was built with; warnings (e.g. version mismatch) kept.
+# The framework's own __version__ is what Horovod recorded (a wheel's metadata may lack the +cu130 suffix).
 _PROBE = """
 import json, warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import horovod.{module} as hvd
+    import {module} as framework
     built = {{flag: bool(getattr(hvd, flag + "_built")()) for flag in {flags!r}}}
 messages = [str(w.message) for w in caught if "horovod" in str(w.filename)]
-print({tag!r} + json.dumps({{"built": built, "warnings": messages}}), flush=True)
+result = {{"built": built, "warnings": messages, "framework_version": framework.__version__}}
+print({tag!r} + json.dumps(result), flush=True)
 """
 
 
@@ -81,6 +86,14 @@ def recorded_versions() -> dict[str, str] | None:
         return None
 
 
+def recorded_build_key(prefix: str = sys.prefix) -> str | None:
+    """The build key ``scripts/build_horovod.sh`` left in this environment, or None."""
+    try:
+        return (Path(prefix) / BUILD_KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def installed_versions(mpirun: str | None) -> dict[str, str | None]:
     """Versions of everything hvdtrain runs on; None where a package is not installed."""
     from hvdtrain import __version__
@@ -105,18 +118,22 @@ def start_probe(framework: str) -> subprocess.Popen:
 
 
 def finish_probe(proc: subprocess.Popen, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
-    """Wait for a probe: ``{"loads", "built", "warnings", "error"}``."""
+    """Wait for a probe: ``{"loads", "built", "warnings", "framework_version", "error"}``."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return {"loads": False, "built": {}, "warnings": [], "error": f"loading timed out after {timeout:g} s"}
+        return _failed(f"loading timed out after {timeout:g} s")
     for line in out.splitlines():
         if line.startswith(PROBE_TAG):
             result = json.loads(line[len(PROBE_TAG):])
             return {"loads": True, "error": None, **result}
-    return {"loads": False, "built": {}, "warnings": [], "error": exception_text(err, proc.returncode)}
+    return _failed(exception_text(err, proc.returncode))
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"loads": False, "built": {}, "warnings": [], "framework_version": None, "error": error}
 
 
 def exception_text(stderr: str, returncode: int) -> str:
@@ -152,18 +169,24 @@ def collect(require: list[str] | None = None) -> dict[str, Any]:
     launchers = {"horovodrun": find_tool("horovodrun"), "mpirun": find_tool("mpirun")}
     versions = installed_versions(launchers["mpirun"])
     recorded = recorded_versions()
+    build_key = recorded_build_key()
+    # The build script keys builds by distribution versions and Python's major.minor.
+    distributions = {**versions, "python": ".".join(platform.python_version_tuple()[:2])}
     extensions = probe_extensions(versions) if versions["horovod"] else {}
+    for name, probe in extensions.items():  # the version Horovod compares with, where it could be read
+        versions[name] = probe.get("framework_version") or versions[name]
     report: dict[str, Any] = {
         "versions": versions,
         "python_executable": sys.executable,
         "launchers": launchers,
         "horovod": {"installed": versions["horovod"] is not None, "built_against": recorded,
-                    "extensions": extensions, **build_summary(extensions)},
+                    "build_key": build_key, "extensions": extensions, **build_summary(extensions)},
     }
     problems = []
     if not versions["horovod"]:
         problems.append(missing_horovod_problem(sys.prefix))
     problems += version_problems(recorded, versions)
+    problems += build_key_problems(build_key, distributions)
     problems += extension_problems(extensions, versions)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     problems += environment_problems(launchers["mpirun"], launchers["horovodrun"], is_root, os.environ)

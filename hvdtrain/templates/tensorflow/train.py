@@ -1,0 +1,81 @@
+"""{{project_name}}: data-parallel Keras 3 training (TensorFlow) with hvdtrain.
+
+    hvdtrain run -np 2 train.py            # or: horovodrun -np 2 python train.py
+    hvdtrain run -np 2 train.py --resume   # continue from the newest checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from hvdtrain.core.train_config import ConfigError, TrainConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="hyper-parameter file")
+    parser.add_argument("--resume", action="store_true", help="resume from the newest checkpoint")
+    parser.add_argument("--epochs", type=int, help="overrides epochs of the config")
+    parser.add_argument("--output-dir", help="overrides output_dir of the config")
+    return parser.parse_args()
+
+
+def load_data(seed: int):
+    """Replace with your data: return (train, val) pairs of NumPy arrays."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.data.astype(np.float32) / 16.0
+    y = digits.target.astype(np.int64)
+    order = np.random.RandomState(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    train, val = order[:cut], order[cut:]
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def build_model():
+    """Replace with your model (Keras 3, built: give it a keras.Input)."""
+    import keras
+
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
+                             keras.layers.Dense(10)])
+
+
+def main() -> None:
+    args = parse_args()
+    # Checked before TensorFlow and Horovod start: a bad key fails at once, with the valid keys.
+    try:
+        config = TrainConfig.from_yaml(args.config, epochs=args.epochs, output_dir=args.output_dir)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    if config.checkpoint_every_n_steps:
+        raise SystemExit(f"{args.config}: checkpoint_every_n_steps is not supported with Keras fit, which resumes "
+                         "at the start of an epoch; set it to null")
+    output_dir = config.resolve(args.config.parent)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import hvdtrain.tensorflow as htf
+
+    backend = htf.init()  # before building the model: it sizes TensorFlow's thread pools
+    keras.utils.set_random_seed(config.seed)
+    (x_train, y_train), val = load_data(config.seed)
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    history = htf.fit(
+        model, x_train, y_train, batch_size=config.batch_size, epochs=config.epochs, validation_data=val,
+        seed=config.seed, warmup_epochs=config.warmup_epochs, checkpoint_dir=output_dir / "checkpoints",
+        monitor="val_accuracy", resume=args.resume, early_stopping_patience=config.early_stopping_patience,
+        log_dir=output_dir, verbose=0)
+    accuracies = history.history.get("val_accuracy", [])
+    if backend.rank == 0 and accuracies:
+        print(f"final val_accuracy={accuracies[-1]:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""TrainConfig: the templates' hyper-parameter file, checked with messages that name the fix."""
+from __future__ import annotations
+
+import pytest
+
+from hvdtrain.core.train_config import ConfigError, TrainConfig
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_reads_values_converts_ints_to_floats_and_applies_overrides(tmp_path):
+    path = write(tmp_path, "epochs: 3\nlr: 1\nwarmup_epochs: 2\noutput_dir: out\ncheckpoint_every_n_steps: null\n")
+    config = TrainConfig.from_yaml(path, epochs=5, output_dir=None)
+    assert (config.epochs, config.lr, config.warmup_epochs, config.batch_size) == (5, 1.0, 2.0, 32)
+    assert config.resolve(tmp_path) == (tmp_path / "out").resolve()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("epoch: 3\n", "unknown key 'epoch'; did you mean 'epochs'?"),
+    ("epochs: three\n", "epochs must be an int (got 'three')"),
+    ("epochs: true\n", "epochs must be an int (got True)"),
+    ("lr: 0\n", "lr must be > 0 (got 0.0)"),
+    ("batch_size: 0\n", "batch_size must be >= 1 (got 0)"),
+    ("early_stopping_patience: 0\n", "early_stopping_patience must be >= 1 or null (got 0)"),
+    ("seed: null\n", "seed must not be null"),
+    ("- 1\n- 2\n", "expected a mapping of key: value, got list"),
+    ("epochs: [\n", "cannot read the config"),
+])
+def test_bad_configs_name_the_file_the_key_and_the_fix(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig.from_yaml(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_a_missing_file_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config"):
+        TrainConfig.from_yaml(tmp_path / "absent.yaml")
