@@ -13,12 +13,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 #: Prefix of the one line each worker rank prints with its results.
 RESULT_MARKER = "BENCH_RESULT "
+#: Prefix of the line a worker prints when the code it benchmarks cannot be driven.
+UNAVAILABLE_MARKER = "BENCH_UNAVAILABLE "
 
 #: Model names understood by every worker; "tiny-*" are for ``--quick``.
 MODELS = ("mlp", "cnn", "tiny-mlp", "tiny-cnn")
@@ -60,9 +62,19 @@ def shard(num_samples: int, rank: int, size: int) -> slice:
     return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
+def model_list(text: str) -> list[str]:
+    """Parse ``--model mlp,cnn``; every name must be in ``MODELS``."""
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    return names
+
+
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """Arguments every throughput worker accepts."""
-    parser.add_argument("--model", choices=MODELS, default="mlp")
+    parser.add_argument("--model", type=model_list, default=["mlp"], dest="models",
+                        help="model, or comma-separated models measured one after another in this process")
     parser.add_argument("--batch-size", type=int, default=128, help="per worker")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=50, help="steps per timed window")
@@ -101,20 +113,23 @@ class WindowTimer:
     def done(self) -> bool:
         return self.step >= self.total_steps
 
-    def start_now(self) -> None:
-        """Record the start of the first window (call when ``warmup == 0``)."""
-        if not self.marks and self.step == self.warmup:
+    def begin(self) -> None:
+        """Call once before the first step (starts the clock if there is no warmup)."""
+        if self.warmup == 0 and not self.marks:
             self.marks.append(time.perf_counter())
 
     def tick(self) -> bool:
-        """Count one step; returns True when all windows are done."""
-        if self.step == self.warmup and not self.marks:
-            self.marks.append(time.perf_counter())
+        """Count one finished step; returns True when all windows are done."""
         self.step += 1
         offset = self.step - self.warmup
-        if offset > 0 and offset % self.steps == 0 and len(self.marks) <= self.repeats:
+        if offset == 0 or (offset > 0 and offset % self.steps == 0 and len(self.marks) <= self.repeats):
             self.marks.append(time.perf_counter())
         return self.done
+
+    def restart_window(self) -> None:
+        """Move the start of the current window to now (e.g. after a barrier)."""
+        if self.marks:
+            self.marks[-1] = time.perf_counter()
 
     def window_seconds(self) -> list[float]:
         """Duration of each finished window."""
@@ -158,10 +173,11 @@ class ThroughputResult:
     warmup: int
     steps: int
     window_seconds: list[float]
-    loss_first: Optional[float] = None
-    loss_last: Optional[float] = None
+    loss_first: float | None = None
+    loss_last: float | None = None
     phases_ms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    window_marks: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the derived throughput figures."""
@@ -179,6 +195,9 @@ class ThroughputResult:
             "step_ms": round(1000.0 * self.batch_size / median_local, 3) if median_local else None,
             "loss_first": self.loss_first, "loss_last": self.loss_last,
             "phases_ms": self.phases_ms, "extra": self.extra,
+            # time.perf_counter() is CLOCK_MONOTONIC, shared by all processes on
+            # the machine: the driver matches these marks with its load samples.
+            "window_marks": [round(m, 4) for m in self.window_marks],
         }
 
 
@@ -219,7 +238,7 @@ class FileBarrier:
     busy until every process has finished its windows.
     """
 
-    def __init__(self, directory: Optional[str], rank: int, size: int) -> None:
+    def __init__(self, directory: str | None, rank: int, size: int) -> None:
         self.directory = Path(directory) if directory else None
         self.rank = rank
         self.size = size
@@ -246,3 +265,19 @@ def set_thread_env(threads: int) -> None:
     """Cap OpenMP/MKL threads before a framework is imported."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+
+
+def parameter_count(model: str) -> int:
+    """Trainable parameters of a benchmark model (same in PyTorch and Keras)."""
+    def dense(n_in: int, n_out: int) -> int:
+        return n_in * n_out + n_out
+
+    def conv(c_in: int, c_out: int) -> int:
+        return c_in * c_out * 9 + c_out
+
+    if model.endswith("mlp"):
+        hidden = 2048 if model == "mlp" else 64
+        return dense(FEATURES, hidden) + dense(hidden, hidden) + dense(hidden, NUM_CLASSES)
+    c1, c2, hidden = (32, 64, 128) if model == "cnn" else (4, 8, 16)
+    flat = c2 * (IMAGE_SIDE // 4) ** 2
+    return conv(1, c1) + conv(c1, c2) + dense(flat, hidden) + dense(hidden, NUM_CLASSES)
