@@ -1,0 +1,20 @@
+"""TensorFlow / Keras 3 adapter: Horovod-backed optimizer, state I/O, sharding, ``fit`` and a Trainer.
+
+Built on Horovod's core TensorFlow ops only (``grouped_allreduce``,
+``broadcast_variables``, object collectives): Horovod's Keras integration
+predates Keras 3.
+"""
+from hvdtrain.tensorflow.adapter import TensorFlowAdapter, broadcast_state
+from hvdtrain.tensorflow.backend import HorovodBackend, init
+from hvdtrain.tensorflow.callbacks import default_callbacks
+from hvdtrain.tensorflow.data import ShardedArrays, shard_dataset
+from hvdtrain.tensorflow.keras_fit import KerasBridge, fit
+from hvdtrain.tensorflow.optimizer import DistributedOptimizer, GradientReducer, ScaledSchedule, is_distributed
+from hvdtrain.tensorflow.step import make_train_step
+from hvdtrain.tensorflow.trainer import Trainer, accuracy
+
+__all__ = [
+    "DistributedOptimizer", "GradientReducer", "HorovodBackend", "KerasBridge", "ScaledSchedule",
+    "ShardedArrays", "TensorFlowAdapter", "Trainer", "accuracy", "broadcast_state", "default_callbacks", "fit",
+    "init", "is_distributed", "make_train_step", "shard_dataset",
+]

@@ -1,0 +1,134 @@
+"""Sharded input for TensorFlow: in-memory arrays through ``ShardedOrder``, and ``tf.data`` sharding."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from hvdtrain.core.backend import Backend
+from hvdtrain.core.sharding import ShardedOrder
+
+
+def shard_dataset(dataset: tf.data.Dataset, backend: Backend) -> tf.data.Dataset:
+    """This rank's shard of ``dataset``: every ``size``-th element starting at ``rank``.
+
+    Shard first, before shuffling and batching, so each element is read by
+    exactly one rank. The shards can differ by one element, so the ranks'
+    batch counts can differ by one: give ``model.fit`` a ``steps_per_epoch``
+    every rank can reach (``hvdtrain.tensorflow.fit`` agrees on one), or batch
+    with ``drop_remainder=True`` on equal-sized shards. For exact, resumable
+    epochs over in-memory data use ``ShardedArrays`` instead.
+    """
+    return dataset.shard(backend.size, backend.rank)
+
+
+def num_samples(arrays: Any) -> int:
+    """The common first dimension of a nest of arrays.
+
+    Raises:
+        ValueError: arrays of different lengths, or no arrays at all.
+    """
+    lengths = {len(a) for a in tf.nest.flatten(arrays)}
+    if not lengths:
+        raise ValueError("no input arrays given")
+    if len(lengths) != 1:
+        raise ValueError(f"input arrays have different lengths {sorted(lengths)}; inputs and targets "
+                         "must have one row per sample")
+    return lengths.pop()
+
+
+def take(arrays: Any, indices: np.ndarray) -> Any:
+    """Rows ``indices`` of every array in a nest (NumPy fancy indexing, or ``tf.gather`` for tensors)."""
+    def rows(a: Any) -> Any:
+        return a[indices] if isinstance(a, np.ndarray) else tf.gather(a, indices)
+
+    return tf.nest.map_structure(rows, arrays)
+
+
+def as_arrays(data: Any) -> Any:
+    """A nest of NumPy arrays from NumPy arrays, tensors or lists (tensors are copied to host)."""
+    def convert(a: Any) -> np.ndarray:
+        return a.numpy() if isinstance(a, (tf.Tensor, tf.Variable)) else np.asarray(a)
+
+    return tf.nest.map_structure(convert, data)
+
+
+def batch_signature(arrays: Any) -> Any:
+    """``tf.TensorSpec`` of a batch of ``arrays``, with an unknown batch dimension."""
+    def spec(a: np.ndarray) -> tf.TensorSpec:
+        return tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype))
+
+    return tf.nest.map_structure(spec, arrays)
+
+
+class ShardedArrays:
+    """This rank's batches of in-memory arrays, in ``ShardedOrder``.
+
+    Every rank passes the whole data set; each takes its shard of every
+    global batch, so all ranks take the same number of steps, every sample is
+    seen once per epoch, and an epoch can be resumed at any step.
+
+    Args:
+        arrays: a nest (tuple, dict, ...) of NumPy arrays with one row per sample.
+        batch_size: samples per step on each rank.
+        rank: this worker's rank.
+        size: number of workers.
+        shuffle: reshuffle every epoch (seeded by ``seed + epoch``).
+        seed: identical on every rank.
+        drop_last: drop an incomplete final global batch.
+    """
+
+    def __init__(self, arrays: Any, batch_size: int, rank: int, size: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False) -> None:
+        self.arrays = as_arrays(arrays)
+        self.order = ShardedOrder(num_samples(self.arrays), rank, size, batch_size, shuffle, seed, drop_last)
+        self.steps_per_epoch = len(self.order)
+        self.step_sizes = [(len(b[rank::size]), len(b)) for b in self.order.global_batches()]
+
+    def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
+        """Select the epoch's order and skip the first ``samples_seen`` global samples."""
+        self.order.set_epoch(epoch, samples_seen)
+
+    def __len__(self) -> int:
+        """Steps left in the current epoch (the same on every rank)."""
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        """``(batch, global_batch_size)`` for each step left in the epoch."""
+        rank, size = self.order.rank, self.order.size
+        for indices in self.order.global_batches():
+            yield take(self.arrays, indices[rank::size]), len(indices)
+
+    def dataset(self, first_epoch: Callable[[], int] = lambda: 0) -> tf.data.Dataset:
+        """An endless ``tf.data.Dataset`` of this rank's batches, epoch after epoch, for ``model.fit``.
+
+        Pass ``steps_per_epoch=self.steps_per_epoch`` to ``fit``. The first
+        epoch is read from ``first_epoch()`` when iteration starts, so a
+        callback that resumes training (``KerasBridge``) can still choose it.
+        """
+        def batches() -> Iterator[Any]:
+            for epoch in itertools.count(first_epoch()):
+                order = ShardedOrder(self.order.num_samples, self.order.rank, self.order.size,
+                                     self.order.batch_size, self.order.shuffle, self.order.seed,
+                                     self.order.drop_last)
+                order.set_epoch(epoch)
+                for indices in order:
+                    yield _as_fit_batch(take(self.arrays, indices))
+
+        signature = _as_fit_batch(batch_signature(self.arrays))
+        return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+
+
+def _as_fit_batch(batch: Any) -> Any:
+    # Keras reads a tuple as (x,), (x, y) or (x, y, sample_weight); anything else is x alone.
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def contiguous_shard(arrays: Any, rank: int, size: int) -> tuple[Any, int]:
+    """This rank's contiguous slice of ``arrays`` (sizes differ by at most one) and its length."""
+    bounds = np.linspace(0, num_samples(arrays), size + 1).round().astype(int)
+    part = np.arange(bounds[rank], bounds[rank + 1])
+    return take(as_arrays(arrays), part), len(part)

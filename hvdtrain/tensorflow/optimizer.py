@@ -1,0 +1,263 @@
+"""Make a Keras 3 optimizer average its gradients across workers with Horovod.
+
+Horovod's own ``horovod.tensorflow.keras.DistributedOptimizer`` predates
+Keras 3 and fails inside ``model.fit``. This module uses only Horovod's core
+TensorFlow ops instead. ``model.fit``'s train step calls
+``optimizer.apply_gradients``, which calls ``optimizer.apply``: that is the
+hook. The optimizer's class is swapped for a subclass whose ``apply`` runs one
+``hvd.grouped_allreduce`` over all gradients and then the original ``apply``,
+so ``isinstance``, ``get_config``, saving and the optimizer's state are
+unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import horovod.tensorflow as hvd
+import keras
+import tensorflow as tf
+
+_COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+_OPS = ("average", "sum")
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def world_size() -> int:
+    """Horovod's world size; raises with the fix when ``init()`` was not called."""
+    if not hvd.is_initialized():
+        raise RuntimeError("Horovod is not initialized; call hvdtrain.tensorflow.init() first")
+    return hvd.size()
+
+
+@dataclass(frozen=True)
+class GradientReducer:
+    """How gradients are combined across ranks: one grouped allreduce per call.
+
+    Args:
+        op: "average" or "sum".
+        compression: "none" or "fp16" (halves the bytes sent; slower on CPU).
+        predivide: divide by this before the sum and multiply back after
+            (keeps fp16 sums in range); 1.0 disables.
+    """
+
+    op: str = "average"
+    compression: str = "none"
+    predivide: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"op must be one of {list(_OPS)} (got {self.op!r})")
+        if self.compression not in _COMPRESSION:
+            raise ValueError(f"compression must be one of {sorted(_COMPRESSION)} (got {self.compression!r})")
+        if self.predivide <= 0:
+            raise ValueError(f"gradient_predivide_factor must be > 0 (got {self.predivide})")
+
+    def reduce(self, tensors: Sequence[Any]) -> list[Any]:
+        """Allreduce every non-None tensor in one collective; works eagerly and in a ``tf.function``.
+
+        ``tf.IndexedSlices`` (embedding gradients) are made dense first. None
+        entries stay None; every rank must pass the same structure.
+        """
+        out = list(tensors)
+        present = [i for i, t in enumerate(out) if t is not None]
+        size = world_size()
+        if not present or size == 1:
+            return out
+        by_dtype: dict[tf.DType, list[int]] = {}
+        for i in present:
+            out[i] = tf.convert_to_tensor(out[i])
+            by_dtype.setdefault(out[i].dtype, []).append(i)
+        post = self.predivide / size if self.op == "average" else self.predivide
+        # A grouped allreduce takes one dtype: one group per dtype, in first-seen order (the same on all ranks).
+        for positions in by_dtype.values():
+            reduced = hvd.grouped_allreduce([out[i] for i in positions], op=hvd.Sum,
+                                            compression=_COMPRESSION[self.compression],
+                                            prescale_factor=1.0 / self.predivide, postscale_factor=post)
+            for i, tensor in zip(positions, reduced):
+                out[i] = tensor
+        return out
+
+
+class _DistributedOptimizer:
+    """Mixin put in front of the user's optimizer class by ``DistributedOptimizer``."""
+
+    _hvd_reducer: GradientReducer
+    _hvd_passes: int
+
+    @property
+    def backward_passes_per_step(self) -> int:
+        return self._hvd_passes
+
+    @property
+    def gradient_reducer(self) -> GradientReducer:
+        return self._hvd_reducer
+
+    def build(self, variables: Sequence[Any]) -> None:
+        super().build(variables)
+        self._hvd_add_accumulators(list(variables))
+
+    def _hvd_add_accumulators(self, variables: list[Any]) -> None:
+        # Optimizer variables, so checkpoints and the initial broadcast include them.
+        if self._hvd_passes > 1 and not getattr(self, "_hvd_accumulators", None):
+            self._hvd_pass_count = self.add_variable((), dtype="int64", name="hvd_pass_count")
+            self._hvd_accumulators = [self.add_variable_from_reference(v, name="hvd_accumulator")
+                                      for v in variables]
+
+    def reduce_gradients(self, grads: Sequence[Any]) -> list[Any]:
+        """Gradients combined across ranks (no update)."""
+        return self._hvd_reducer.reduce(grads)
+
+    def apply_reduced(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        """Apply gradients that are already combined across ranks (no communication)."""
+        return super().apply(list(grads), trainable_variables)
+
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        """Average ``grads`` across ranks, then apply them (every n-th call with accumulation)."""
+        if self._hvd_passes == 1:
+            return self.apply_reduced(self.reduce_gradients(grads), trainable_variables)
+        variables = self._hvd_variables(trainable_variables)
+        self.accumulate_gradients(grads, variables)
+        count = self._hvd_pass_count.assign_add(1)
+
+        def reduce_and_apply() -> None:
+            total = self.accumulated_gradients([None] * len(variables), variables, 1.0 / self._hvd_passes)
+            self.apply_reduced(self.reduce_gradients(total), variables)
+
+        tf.cond(tf.equal(count % self._hvd_passes, 0), reduce_and_apply, lambda: None)
+        return None
+
+    def _hvd_variables(self, trainable_variables: Sequence[Any] | None) -> list[Any]:
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError("pass the trainable variables on the first apply, or build the optimizer first "
+                                 "with optimizer.build(model.trainable_variables)")
+            return list(self._trainable_variables)
+        variables = list(trainable_variables)
+        if not self.built:
+            self.build(variables)
+        return variables
+
+    def accumulate_gradients(self, grads: Sequence[Any], variables: Sequence[Any]) -> None:
+        """Add ``grads`` to this rank's accumulators (local, no communication)."""
+        for grad, accumulator in zip(grads, self._hvd_accumulators_for(variables)):
+            if grad is not None:
+                accumulator.assign_add(tf.convert_to_tensor(grad))
+
+    def accumulated_gradients(self, grads: Sequence[Any], variables: Sequence[Any], scale: float) -> list[Any]:
+        """``(accumulated + grads) * scale`` per variable, then zero the accumulators."""
+        total = []
+        for grad, accumulator in zip(grads, self._hvd_accumulators_for(variables)):
+            value = tf.convert_to_tensor(accumulator)
+            if grad is not None:
+                value = value + tf.convert_to_tensor(grad)
+            total.append(value * scale)
+            accumulator.assign(tf.zeros_like(value))
+        return total
+
+    def _hvd_accumulators_for(self, variables: Sequence[Any]) -> list[Any]:
+        if self._hvd_passes == 1:
+            raise RuntimeError("this optimizer does not accumulate gradients (backward_passes_per_step=1)")
+        return [self._hvd_accumulators[self._get_variable_index(v)] for v in variables]
+
+
+def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, compression: str = "none",
+                         backward_passes_per_step: int = 1, op: str = "average", scale_lr: bool = True,
+                         gradient_predivide_factor: float = 1.0) -> keras.optimizers.Optimizer:
+    """Make ``optimizer`` average its gradients across workers before applying them.
+
+    The optimizer is converted in place and returned: it becomes an instance
+    of a subclass of its own class, so ``isinstance``, ``get_config``, model
+    saving (it is saved as its original class) and its state are kept. Use it
+    with ``model.compile(optimizer=...)`` or in a custom loop. Convert it
+    before the first ``fit``/train step traces it.
+
+    Args:
+        optimizer: a Keras 3 optimizer.
+        compression: "none" or "fp16".
+        backward_passes_per_step: accumulate this many local gradients, then
+            average the mean of them across workers and apply it once.
+        op: "average" or "sum".
+        scale_lr: multiply the learning rate by the world size (the linear
+            scaling rule; pair it with LR warmup). A ``LearningRateSchedule``
+            is wrapped in ``ScaledSchedule``.
+        gradient_predivide_factor: divide before the sum, multiply after (fp16 range).
+
+    Returns:
+        The same optimizer object, now distributed.
+
+    Raises:
+        ValueError: bad arguments, an already distributed optimizer, or one
+            using Keras' own ``gradient_accumulation_steps``.
+    """
+    reducer = GradientReducer(op, compression, gradient_predivide_factor)
+    if backward_passes_per_step < 1:
+        raise ValueError(f"backward_passes_per_step must be >= 1 (got {backward_passes_per_step})")
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(f"expected a Keras 3 optimizer, got {type(optimizer).__name__}; "
+                         "pass e.g. keras.optimizers.SGD(learning_rate=0.01)")
+    if is_distributed(optimizer):
+        raise ValueError("this optimizer is already distributed; convert the plain optimizer once")
+    if getattr(optimizer, "gradient_accumulation_steps", None) and backward_passes_per_step > 1:
+        raise ValueError("the optimizer already accumulates gradients (gradient_accumulation_steps); "
+                         "use backward_passes_per_step here instead, not both")
+    size = world_size()
+    if scale_lr and size > 1:
+        scale_learning_rate(optimizer, size)
+    optimizer.__class__ = _distributed_class(type(optimizer))
+    optimizer._hvd_reducer = reducer
+    optimizer._hvd_passes = backward_passes_per_step
+    if optimizer.built:
+        optimizer._hvd_add_accumulators(list(optimizer._trainable_variables))
+    return optimizer
+
+
+def is_distributed(optimizer: Any) -> bool:
+    """True if ``optimizer`` was converted by ``DistributedOptimizer``."""
+    return isinstance(optimizer, _DistributedOptimizer)
+
+
+def _distributed_class(cls: type) -> type:
+    if cls not in _CLASS_CACHE:
+        # Same name and module: Keras serializes the optimizer as its original class.
+        _CLASS_CACHE[cls] = type(cls.__name__, (_DistributedOptimizer, cls),
+                                 {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return _CLASS_CACHE[cls]
+
+
+def scale_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -> None:
+    """Multiply the optimizer's learning rate (a variable or a schedule) by ``factor``."""
+    rate = optimizer.learning_rate
+    if isinstance(rate, keras.Variable):
+        rate.assign(rate * factor)
+        return
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        raise ValueError("cannot scale a learning rate given as a plain callable; pass a float or a "
+                         "keras.optimizers.schedules.LearningRateSchedule, or use scale_lr=False")
+    optimizer.learning_rate = ScaledSchedule(schedule, factor)
+
+
+@keras.saving.register_keras_serializable(package="hvdtrain")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule multiplied by a constant (the world size, for ``scale_lr``).
+
+    Args:
+        schedule: the schedule to scale.
+        factor: the multiplier.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, factor: float) -> None:
+        self.schedule = schedule
+        self.factor = float(factor)
+
+    def __call__(self, step: Any) -> Any:
+        return self.schedule(step) * self.factor
+
+    def get_config(self) -> dict[str, Any]:
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "factor": self.factor}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ScaledSchedule:
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["factor"])

@@ -1,0 +1,182 @@
+"""A configurable TensorFlow training job (Trainer or Keras fit) for the multi-process tests."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+import hvdtrain.tensorflow as htf
+from hvdtrain.callbacks import Callback, Order, ResumeFromCheckpoint
+from tests.launch import report
+
+
+class RankMetric(Callback):
+    """Logs a metric whose value is the rank, before metric averaging runs."""
+
+    order = Order.METRICS - 50
+
+    def on_epoch_end(self, ctx):
+        ctx.logs["rank_value"] = float(ctx.rank)
+
+
+class Recorder(Callback):
+    """Records what later callbacks would see: LR per batch, step counters, epoch logs."""
+
+    order = Order.LEARNING_RATE + 1
+
+    def __init__(self):
+        self.lrs, self.epoch_logs, self.steps = [], [], []
+
+    def on_batch_begin(self, ctx):
+        self.lrs.append(ctx.adapter.get_learning_rates(ctx.optimizer)[0])
+
+    def on_batch_end(self, ctx):
+        self.steps.append([ctx.epoch, ctx.batch_index, ctx.global_step, ctx.samples_seen_in_epoch])
+
+    def on_epoch_end(self, ctx):
+        self.epoch_logs.append({k: float(v) for k, v in ctx.logs.items()})
+
+
+class DieAtStep(Callback):
+    """SIGKILLs this process at a global step (a crash that leaves no chance to clean up)."""
+
+    def __init__(self, step, rank):
+        self.step, self.rank = step, rank
+
+    def on_batch_end(self, ctx):
+        if ctx.global_step == self.step and ctx.rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Plateau(Callback):
+    """Logs a metric that never improves after epoch 1."""
+
+    order = Order.METRICS - 50
+
+    def on_epoch_end(self, ctx):
+        ctx.logs["plateau"] = 1.0 if ctx.epoch == 0 else 2.0
+
+
+def make_data(seed: int, n: int = 300):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, 10).astype(np.float32)
+    y = (x[:, :3].sum(1) > 0).astype(np.int64)
+    return x, y
+
+
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--api", choices=("trainer", "fit"), default="trainer")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--every-n-steps", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--die-at-step", type=int)
+    p.add_argument("--die-rank", type=int, default=1)
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--nan-at-step", type=int)
+    p.add_argument("--rank-metric", action="store_true")
+    p.add_argument("--strict-world-size", action="store_true")
+    return p.parse_args()
+
+
+def build_model(rank: int):
+    import keras
+
+    keras.utils.set_random_seed(1234 + rank)  # different init per rank: broadcast must fix it
+    return keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"),
+                             keras.layers.Dropout(0.2), keras.layers.Dense(2)])
+
+
+def make_loss(args, rank):
+    import keras
+    import tensorflow as tf
+
+    base = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if args.nan_at_step is None:
+        return base
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def loss_fn(y_true, y_pred):
+        # Counts forward passes inside the compiled step; rank 1's loss is NaN at one step.
+        count = calls.assign_add(1)
+        value = base(y_true, y_pred)
+        poison = tf.logical_and(tf.equal(count, args.nan_at_step), rank == 1)
+        # A factor, not tf.where on the loss: the unselected NaN branch would poison every gradient.
+        return value * tf.where(poison, float("nan"), 1.0)
+
+    return loss_fn
+
+
+def callbacks(args):
+    recorder = Recorder()
+    found = [recorder]
+    if args.rank_metric:
+        found.append(RankMetric())
+    if args.patience is not None:
+        found.append(Plateau())
+    if args.strict_world_size:
+        found.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
+    if args.die_at_step is not None:
+        found.append(DieAtStep(args.die_at_step, args.die_rank))
+    return recorder, found
+
+
+def common(args):
+    return dict(warmup_epochs=args.warmup_epochs, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                monitor="plateau" if args.patience else "val_loss", early_stopping_patience=args.patience,
+                progress=False, seed=7)
+
+
+def run_trainer(args, backend, model, extra):
+    import keras
+
+    trainer = htf.Trainer(model, keras.optimizers.Adam(0.01), make_loss(args, backend.rank),
+                          train_data=make_data(0), val_data=make_data(1, 100), batch_size=16,
+                          max_epochs=args.epochs, callbacks=extra, checkpoint_every_n_steps=args.every_n_steps,
+                          **common(args))
+    history = trainer.fit()
+    return trainer.ctx, history
+
+
+def run_fit(args, backend, model, extra):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=make_loss(args, backend.rank),
+                  metrics=["accuracy"])
+    bridge_holder = {}
+
+    class Grab(Callback):
+        def on_train_begin(self, ctx):
+            bridge_holder["ctx"] = ctx
+
+    htf.fit(model, *make_data(0), validation_data=make_data(1, 100), batch_size=16, epochs=args.epochs,
+            callbacks=[*extra, Grab()], verbose=0, **common(args))
+    ctx = bridge_holder["ctx"]
+    return ctx, ctx.history
+
+
+def main() -> None:
+    args = parse_args()
+    backend = htf.init()
+    model = build_model(backend.rank)
+    recorder, extra = callbacks(args)
+    ctx, history = (run_trainer if args.api == "trainer" else run_fit)(args, backend, model, extra)
+    params = np.concatenate([w.ravel() for w in model.get_weights()])
+    report({
+        "rank": backend.rank, "size": backend.size, "digest": hashlib.sha256(params.tobytes()).hexdigest(),
+        "global_step": ctx.global_step, "epoch": ctx.epoch, "history": history, "lrs": recorder.lrs,
+        "steps": recorder.steps, "epoch_logs": recorder.epoch_logs, "stop_reason": ctx.stop_reason,
+        "resumed_from": ctx.resumed_from, "params": params.astype(float).tolist(),
+        "finite": bool(np.isfinite(params).all()),
+    })
+
+
+if __name__ == "__main__":
+    main()
