@@ -58,6 +58,8 @@ def _add_run_parser(subparsers: Any) -> None:
     net.add_argument("-x", "--env", action="append", metavar="NAME[=VALUE]",
                      help="pass an environment variable to the workers (repeatable)")
     net.add_argument("--mpi-args", metavar="ARGS", help='extra mpirun arguments, e.g. "--mca btl self,tcp"')
+    net.add_argument("--skip-host-check", action="store_true", default=None,
+                     help="launch without first checking that every remote host answers")
     run.add_argument("script", help="the training script (run with this Python)")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
 
@@ -98,7 +100,8 @@ def cli_values(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     from hvdtrain.launcher.run import plan_job, run_job
 
-    plan = plan_job(cli_values(args), args.script, args.script_args, config_path=args.config)
+    plan = plan_job(cli_values(args), args.script, args.script_args, config_path=args.config,
+                    check_hosts=not args.dry_run)
     return run_job(plan, dry_run=args.dry_run)
 
 

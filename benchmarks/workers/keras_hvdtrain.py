@@ -1,11 +1,10 @@
 """hvdtrain's Keras 3 training on the benchmark workload, timed by an hvdtrain callback.
 
 Launch with ``hvdtrain run -np 2 benchmarks/workers/keras_hvdtrain.py`` or mpirun.
-Every rank prints one ``BENCH_RESULT {json}`` line per model. The TensorFlow
-adapter (``hvdtrain.tensorflow``) is written separately from this benchmark;
-when its entry point does not match what this worker knows how to drive, the
-worker prints ``BENCH_UNAVAILABLE <reason>`` and exits 0, and the report shows
-the variant as not available rather than failing the whole run.
+Every rank prints one ``BENCH_RESULT {json}`` line per model. It measures
+``hvdtrain.tensorflow.fit`` (Keras ``model.fit`` with hvdtrain's default
+callbacks and the distributed optimizer), to compare with the raw
+``grouped_allreduce`` loop in ``tf_loop.py``.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.callbacks import timing_callback
 from benchmarks.common import (
-    UNAVAILABLE_MARKER,
     ThroughputResult,
     WindowTimer,
     add_workload_args,
@@ -35,17 +33,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def fit(htf: Any, model: Any, x: Any, y: Any, args: argparse.Namespace, epochs: int, callback: Any) -> None:
-    """Train through whichever entry point the adapter offers (a Trainer, or fit())."""
+    """Keras ``model.fit`` through hvdtrain, as a user calls it (progress bar off: it is not timed work)."""
     from benchmarks import tf_common as tfc
 
-    if hasattr(htf, "Trainer"):
-        trainer = htf.Trainer(model, tfc.sgd(args.lr), tfc.loss_fn(), train_data=(x, y),
-                              batch_size=args.batch_size, max_epochs=epochs, callbacks=[callback],
-                              progress=False, seed=args.seed)
-        trainer.fit()
-        return
     model.compile(optimizer=tfc.sgd(args.lr), loss=tfc.loss_fn())
-    htf.fit(model, x, y, batch_size=args.batch_size, epochs=epochs, callbacks=[callback], verbose=0)
+    htf.fit(model, x, y, batch_size=args.batch_size, epochs=epochs, callbacks=[callback], seed=args.seed,
+            progress=False, verbose=0)
 
 
 def measure(args: argparse.Namespace, htf: Any, name: str) -> dict[str, Any]:
@@ -76,17 +69,9 @@ def main() -> None:
     tfc.configure_threads(args.threads, args.seed)
     import hvdtrain.tensorflow as htf
 
-    if not (hasattr(htf, "Trainer") or hasattr(htf, "fit")) or not hasattr(htf, "init"):
-        print(f"{UNAVAILABLE_MARKER}hvdtrain.tensorflow has neither Trainer nor fit() with init()", flush=True)
-        return
     htf.init()
     for name in args.models:
-        try:
-            emit(measure(args, htf, name))
-        except TypeError as error:  # the adapter's signature differs from the one driven here
-            print(f"{UNAVAILABLE_MARKER}hvdtrain.tensorflow API not supported by this benchmark: {error}",
-                  flush=True)
-            return
+        emit(measure(args, htf, name))
 
 
 if __name__ == "__main__":

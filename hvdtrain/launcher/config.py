@@ -49,13 +49,14 @@ class RunOptions:
     ssh_identity_file: str | None = None
     env: list[str] = field(default_factory=list)
     mpi_args: list[str] = field(default_factory=list)
+    skip_host_check: bool = False
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONFIG_KEYS = tuple(f.name for f in fields(RunOptions))
 _INT_KEYS = {"np": 1, "fusion_threshold_mb": 0, "cache_capacity": 0, "stall_check_warning_time_seconds": 0,
              "stall_check_shutdown_time_seconds": 0, "ssh_port": 1}  # key -> smallest allowed value
-_BOOL_KEYS = {"timeline_mark_cycles", "autotune", "no_stall_check"}
+_BOOL_KEYS = {"timeline_mark_cycles", "autotune", "no_stall_check", "skip_host_check"}
 _CHOICE_KEYS = {"controller": CONTROLLERS, "launcher": LAUNCHERS, "log_level": LOG_LEVELS}
 
 

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from hvdtrain.launcher.command import LaunchPlan, Machine, build_plan, detect_machine
 from hvdtrain.launcher.config import load_config, merge
+from hvdtrain.launcher.reach import check_reachable, remote_shell
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # After a forwarded signal, how long the launcher gets to stop its workers before they are killed.
@@ -19,15 +20,23 @@ GRACE_SECONDS = 20.0
 
 
 def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], config_path: str | None = None,
-             machine: Machine | None = None) -> LaunchPlan:
+             machine: Machine | None = None, check_hosts: bool = False) -> LaunchPlan:
     """Merge the config file (if any) with the command-line values and build the launch command.
 
+    Args:
+        check_hosts: also check that every remote host answers the remote shell (unless the
+            options say ``skip_host_check``).
+
     Raises:
-        LaunchError: bad config, options, hosts or script.
+        LaunchError: bad config, options, hosts or script, or a remote host that does not answer.
     """
     config = load_config(config_path) if config_path else {}
     options = merge(config, cli_values)
-    return build_plan(options, script, script_args, machine or detect_machine())
+    plan = build_plan(options, script, script_args, machine or detect_machine())
+    if check_hosts and plan.hosts and not options.skip_host_check:
+        shell = remote_shell(options.mpi_args, options.ssh_port, options.ssh_identity_file)
+        check_reachable([host.name for host in plan.hosts], shell)
+    return plan
 
 
 def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvdtrain.callbacks import BroadcastInitialState, Callback, CallbackList, MetricAverage
+from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend, allreduce_mean
 from hvdtrain.core.context import TrainContext
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter
@@ -29,7 +30,9 @@ class KerasBridge(keras.callbacks.Callback):
     Keras hooks map to hvdtrain hooks (train, epoch and train-batch begin/end).
     Epoch metrics (``val_*`` included) are averaged across ranks and written
     back into Keras' logs, so Keras callbacks placed after the bridge (and the
-    ``History``) see the averaged values. A stop agreed by the hvdtrain
+    ``History``) see the averaged values. A non-finite loss on any rank is
+    agreed inside the gradient allreduce, its update skipped on every rank,
+    and training stops at that step. A stop agreed by the hvdtrain
     callbacks sets ``model.stop_training`` on every rank at the same step.
     Resuming happens in ``on_train_begin``; Keras then starts at the resumed
     epoch. ``fit`` resumes at epoch granularity: a mid-epoch checkpoint
@@ -107,6 +110,9 @@ class KerasBridge(keras.callbacks.Callback):
                 ctx.samples_seen_in_epoch += global_size
         ctx.logs = dict(logs or {})
         ctx.batch_index = batch
+        if is_distributed(self.model.optimizer):
+            # Agreed inside the gradient allreduce; the bad update was skipped on every rank.
+            ctx.extras[NONFINITE_RANK] = self.model.optimizer.pop_nonfinite_rank()
         self.callbacks.on_batch_end(ctx)
         ctx.batch_index = batch + 1
         if ctx.stop_training:

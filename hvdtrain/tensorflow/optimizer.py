@@ -24,6 +24,11 @@ _OPS = ("average", "sum")
 _CLASS_CACHE: dict[type, type] = {}
 
 
+def rank() -> int:
+    """This worker's Horovod rank (0 before ``init()``: a one-process job)."""
+    return hvd.rank() if hvd.is_initialized() else 0
+
+
 def world_size() -> int:
     """Horovod's world size; raises with the fix when ``init()`` was not called."""
     if not hvd.is_initialized():
@@ -113,17 +118,59 @@ class _DistributedOptimizer:
         """Apply gradients that are already combined across ranks (no communication)."""
         return super().apply(list(grads), trainable_variables)
 
+    def scale_loss(self, loss: Any) -> Any:
+        """Keras' train step passes each loss here before taking gradients: note whether it is finite."""
+        local = self._hvd_loss_flags()[0]
+        local.assign(tf.logical_or(local, tf.logical_not(tf.reduce_all(tf.math.is_finite(loss)))))
+        return super().scale_loss(loss)
+
+    def pop_nonfinite_rank(self) -> int | None:
+        """The highest rank whose loss was not finite since the last call (its update was skipped), or None.
+
+        Eager; for ``KerasBridge``, which reads it after every batch of ``model.fit``.
+        """
+        bad_rank = self._hvd_loss_flags()[1]
+        value = int(bad_rank.numpy())
+        if value < 0:
+            return None
+        bad_rank.assign(-1)
+        return value
+
+    def _hvd_loss_flags(self) -> tuple[tf.Variable, tf.Variable]:
+        # Plain tf.Variables, not Keras ones: transient, so not checkpointed or broadcast.
+        if getattr(self, "_hvd_flags", None) is None:
+            with tf.init_scope():
+                self._hvd_flags = (tf.Variable(False, trainable=False, name="hvd_local_nonfinite"),
+                                   tf.Variable(-1, dtype=tf.int32, trainable=False, name="hvd_nonfinite_rank"))
+        return self._hvd_flags
+
+    def _hvd_reduce_and_apply(self, grads: Sequence[Any], variables: Sequence[Any] | None) -> None:
+        """One allreduce of the gradients and every rank's "loss not finite" flag; apply only if all were finite."""
+        local, bad_rank = self._hvd_loss_flags()
+        size = world_size()
+        flag = tf.one_hot(rank(), size) * tf.cast(local, tf.float32)
+        *reduced, flag = self.reduce_gradients([*grads, flag])
+        local.assign(False)
+        # Averaged or summed, a rank's slot is > 0 exactly when its loss was not finite.
+        worst = tf.reduce_max(tf.where(flag > 0.0, tf.range(size), -1))
+        bad_rank.assign(tf.maximum(bad_rank, worst))
+
+        def update() -> None:
+            self.apply_reduced(reduced, variables)
+
+        tf.cond(worst < 0, update, lambda: None)
+
     def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
         """Average ``grads`` across ranks, then apply them (every n-th call with accumulation)."""
+        variables = self._hvd_variables(trainable_variables)  # built here: never inside the tf.cond below
         if self._hvd_passes == 1:
-            return self.apply_reduced(self.reduce_gradients(grads), trainable_variables)
-        variables = self._hvd_variables(trainable_variables)
+            return self._hvd_reduce_and_apply(grads, variables)
         self.accumulate_gradients(grads, variables)
         count = self._hvd_pass_count.assign_add(1)
 
         def reduce_and_apply() -> None:
             total = self.accumulated_gradients([None] * len(variables), variables, 1.0 / self._hvd_passes)
-            self.apply_reduced(self.reduce_gradients(total), variables)
+            self._hvd_reduce_and_apply(total, variables)
 
         tf.cond(tf.equal(count % self._hvd_passes, 0), reduce_and_apply, lambda: None)
         return None

@@ -201,26 +201,32 @@ class Trainer:
         # Weight by this rank's share, so the averaged gradient is that of the combined batch
         # even when a final batch splits unevenly; with gradient accumulation divide by the passes.
         weight = len(inputs) * ctx.size / global_size / self.accumulation
+        sync = (ctx.batch_index + 1) % self.accumulation == 0 or ctx.batch_index + 1 == ctx.steps_per_epoch
+        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank,
+                                           torch.tensor(float(ctx.rank + 1)))
+        # Enqueued before backward, the flag is reduced while the gradients are computed: it never
+        # costs a Horovod cycle of its own.
+        flag = hvd.allreduce_async(self._nonfinite_rank.reshape(1), op=hvd.Max, name="hvdtrain.nonfinite") \
+            if sync else None
         (loss * weight if weight != 1.0 else loss).backward()
         loss = loss.detach()
-        self._nonfinite_rank = torch.where(torch.isfinite(loss), self._nonfinite_rank,
-                                           torch.tensor(float(ctx.rank + 1)))
-        if (ctx.batch_index + 1) % self.accumulation == 0 or ctx.batch_index + 1 == ctx.steps_per_epoch:
-            ctx.extras[NONFINITE_RANK] = self._step()
+        if sync:
+            ctx.extras[NONFINITE_RANK] = self._step(flag)
         else:
             ctx.extras.pop(NONFINITE_RANK, None)
         with torch.no_grad():
             values = [fn(outputs, targets) for fn in self.metrics.values()]
         return loss, values
 
-    def _step(self) -> int | None:
+    def _step(self, flag: Any) -> int | None:
         """Apply the averaged gradients unless some rank's loss was not finite.
+
+        Args:
+            flag: the pending Horovod max-allreduce of each rank's "1 + rank if not finite" flag.
 
         Returns:
             The highest rank whose loss was not finite, agreed by all ranks, or None.
         """
-        # The flag travels in the same Horovod cycle as the last gradients: no extra round trip.
-        flag = hvd.allreduce_async(self._nonfinite_rank.reshape(1), op=hvd.Max, name="hvdtrain.nonfinite")
         self.optimizer.synchronize()
         bad_rank = int(hvd.synchronize(flag).item()) - 1
         self._nonfinite_rank = torch.zeros(())
