@@ -6,66 +6,27 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
-
-import hvdtrain.torch as ht
-from hvdtrain.torch.trainer import accuracy
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30, help="epochs to train (default: 30)")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per step per worker (default: 32)")
-    parser.add_argument("--lr", type=float, default=0.05, help="single-worker learning rate (default: 0.05)")
-    parser.add_argument("--warmup-epochs", type=float, default=2.0, help="LR warmup epochs (default: 2)")
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/pytorch_digits"),
-                        help="checkpoints, metrics.csv and TensorBoard events (default: runs/pytorch_digits)")
-    parser.add_argument("--checkpoint-every-n-steps", type=int, default=None,
-                        help="also checkpoint mid-epoch every n steps")
-    parser.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in output-dir")
-    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default: 0)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-        parser.error("--epochs and --batch-size must be >= 1 and --lr > 0")
-    return args
-
-
-def load_data(seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Digits 8x8 images, standardized, split 80/20 identically on every rank."""
-    digits = load_digits()
-    x_train, x_val, y_train, y_val = train_test_split(
-        digits.data.astype(np.float32), digits.target, test_size=0.2, random_state=seed, stratify=digits.target)
-    mean, std = x_train.mean(0), x_train.std(0)
-    std[std == 0] = 1.0  # pixels that are blank in every training image
-    as_x = lambda x: torch.from_numpy((x - mean) / std)  # noqa: E731
-    as_y = lambda y: torch.from_numpy(y).long()  # noqa: E731
-    return (as_x(x_train), as_y(y_train)), (as_x(x_val), as_y(y_val))
-
-
-def build_model() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10))
+from hvdtrain.script_args import parse_training_args, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_training_args(training_parser(__doc__, epochs=30, output_dir="runs/pytorch_digits"), argv)
+    import torch
+    from torch import nn
+
+    import hvdtrain.torch as ht
+    from hvdtrain.datasets import digits
+
     backend = ht.init()
     torch.manual_seed(args.seed)
-    train, val = load_data(args.seed)
-    model = build_model()
+    train, val = (tuple(torch.from_numpy(a) for a in split) for split in digits(args.seed))
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10))
     trainer = ht.Trainer(
         model, torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9), nn.functional.cross_entropy,
         train_data=train, val_data=val, batch_size=args.batch_size, max_epochs=args.epochs,
-        metrics={"accuracy": accuracy}, seed=args.seed, warmup_epochs=args.warmup_epochs,
+        metrics={"accuracy": ht.accuracy}, seed=args.seed, warmup_epochs=args.warmup_epochs,
         checkpoint_dir=args.output_dir / "checkpoints", checkpoint_every_n_steps=args.checkpoint_every_n_steps,
         monitor="val_accuracy", resume=args.resume, early_stopping_patience=args.patience,
         log_dir=args.output_dir, progress=not args.no_progress)

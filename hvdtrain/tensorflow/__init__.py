@@ -4,9 +4,9 @@ Built on Horovod's core TensorFlow ops only (``grouped_allreduce``,
 ``broadcast_variables``, object collectives): Horovod's Keras integration
 predates Keras 3.
 """
+from hvdtrain.callbacks.defaults import default_callbacks
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, broadcast_state
 from hvdtrain.tensorflow.backend import HorovodBackend, init
-from hvdtrain.tensorflow.callbacks import default_callbacks
 from hvdtrain.tensorflow.data import ShardedArrays, shard_dataset
 from hvdtrain.tensorflow.keras_fit import KerasBridge, fit
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, GradientReducer, ScaledSchedule, is_distributed

@@ -1,21 +1,20 @@
 """The core ``Backend`` on top of ``horovod.tensorflow``, and ``init()``."""
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
+from hvdtrain.core.horovod_backend import HorovodBackendBase, default_threads
 from hvdtrain.core.logs import configure_logging
 
 log = logging.getLogger("hvdtrain")
 
 
-class HorovodBackend:
+class HorovodBackend(HorovodBackendBase):
     """Collectives of a Horovod job through ``horovod.tensorflow``. Call ``init()`` first.
 
     Every method is a collective (all ranks call it in the same order) and
@@ -23,37 +22,11 @@ class HorovodBackend:
     """
 
     def __init__(self) -> None:
-        if not hvd.is_initialized():
-            raise RuntimeError("Horovod is not initialized; call hvdtrain.tensorflow.init() first")
-        self.rank = hvd.rank()
-        self.size = hvd.size()
-        self.local_rank = hvd.local_rank()
-        self.local_size = hvd.local_size()
-        self._calls = itertools.count()
+        super().__init__(hvd, "hvdtrain.tensorflow.init()")
 
-    def _name(self, kind: str) -> str:
-        # Horovod matches collectives by name; a counter shared by all ranks never clashes.
-        return f"hvdtrain.{kind}.{next(self._calls)}"
-
-    def allreduce_sum(self, values: Sequence[float]) -> list[float]:
-        return self._allreduce(values, hvd.Sum, "allreduce_sum")
-
-    def allreduce_max(self, values: Sequence[float]) -> list[float]:
-        return self._allreduce(values, hvd.Max, "allreduce_max")
-
-    def _allreduce(self, values: Sequence[float], op: Any, kind: str) -> list[float]:
+    def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         tensor = tf.constant([float(v) for v in values], dtype=tf.float64)
-        return [float(v) for v in hvd.allreduce(tensor, op=op, name=self._name(kind)).numpy()]
-
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return hvd.broadcast_object(obj, root_rank=root, name=self._name("broadcast_object"))
-
-    def allgather_object(self, obj: Any) -> list[Any]:
-        return hvd.allgather_object(obj, name=self._name("allgather_object"))
-
-    def barrier(self) -> None:
-        # horovod.tensorflow has no barrier op; a one-element allreduce blocks the same way.
-        self._allreduce([0.0], hvd.Sum, "barrier")
+        return [float(v) for v in hvd.allreduce(tensor, op=op, name=name).numpy()]
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:
@@ -72,15 +45,9 @@ def init(threads_per_worker: int | None = None) -> HorovodBackend:
     """
     hvd.init()
     _pin_gpu(hvd.local_rank())
-    _set_threads(threads_per_worker or _default_threads(hvd.local_size()))
+    _set_threads(threads_per_worker or default_threads(hvd.local_size()))
     configure_logging(hvd.rank())
     return HorovodBackend()
-
-
-def _default_threads(local_size: int) -> int:
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, (os.cpu_count() or 1) // max(local_size, 1))
 
 
 def _set_threads(threads: int) -> None:

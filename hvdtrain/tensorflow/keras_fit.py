@@ -12,12 +12,12 @@ import numpy as np
 import tensorflow as tf
 
 from hvdtrain.callbacks import BroadcastInitialState, Callback, CallbackList, MetricAverage
+from hvdtrain.callbacks.defaults import default_callbacks
 from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend, allreduce_mean
 from hvdtrain.core.context import TrainContext
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter
 from hvdtrain.tensorflow.backend import HorovodBackend
-from hvdtrain.tensorflow.callbacks import default_callbacks
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, contiguous_shard, take
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
 
@@ -70,6 +70,11 @@ class KerasBridge(keras.callbacks.Callback):
             raise RuntimeError("the model's optimizer does not average gradients across workers: compile with "
                                "optimizer=hvdtrain.tensorflow.DistributedOptimizer(...) or use "
                                "hvdtrain.tensorflow.fit")
+        if ctx.size > 1 and model.jit_compile:
+            # Keras turns XLA on by default where there is a GPU; Horovod's ops have no XLA kernels.
+            log.info("turning off jit_compile: Horovod's allreduce cannot run inside an XLA cluster")
+            model.jit_compile = False
+            model.make_train_function(force=True)
         ctx.model, ctx.optimizer = model, model.optimizer
         ctx.max_epochs = int(self.params.get("epochs") or 1)
         ctx.steps_per_epoch = self.params.get("steps")

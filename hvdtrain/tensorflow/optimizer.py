@@ -120,9 +120,13 @@ class _DistributedOptimizer:
 
     def scale_loss(self, loss: Any) -> Any:
         """Keras' train step passes each loss here before taking gradients: note whether it is finite."""
+        self.note_loss(loss)
+        return super().scale_loss(loss)
+
+    def note_loss(self, loss: Any) -> None:
+        """Remember whether this rank's ``loss`` was not finite; the next reduction tells every rank."""
         local = self._hvd_loss_flags()[0]
         local.assign(tf.logical_or(local, tf.logical_not(tf.reduce_all(tf.math.is_finite(loss)))))
-        return super().scale_loss(loss)
 
     def pop_nonfinite_rank(self) -> int | None:
         """The highest rank whose loss was not finite since the last call (its update was skipped), or None.
@@ -144,21 +148,35 @@ class _DistributedOptimizer:
                                    tf.Variable(-1, dtype=tf.int32, trainable=False, name="hvd_nonfinite_rank"))
         return self._hvd_flags
 
-    def _hvd_reduce_and_apply(self, grads: Sequence[Any], variables: Sequence[Any] | None) -> None:
-        """One allreduce of the gradients and every rank's "loss not finite" flag; apply only if all were finite."""
-        local, bad_rank = self._hvd_loss_flags()
+    def reduce_and_apply(self, grads: Sequence[Any], variables: Sequence[Any],
+                         clip_norm: float | None = None) -> tf.Tensor:
+        """One allreduce of the gradients and of every rank's noted loss flag; apply only if all were finite.
+
+        Args:
+            grads: this rank's gradients, one per variable (None allowed).
+            variables: the variables they belong to.
+            clip_norm: clip the combined gradients to this global norm first.
+
+        Returns:
+            The highest rank whose loss was not finite (the update was skipped everywhere), or -1.
+        """
+        local = self._hvd_loss_flags()[0]
         size = world_size()
         flag = tf.one_hot(rank(), size) * tf.cast(local, tf.float32)
         *reduced, flag = self.reduce_gradients([*grads, flag])
         local.assign(False)
         # Averaged or summed, a rank's slot is > 0 exactly when its loss was not finite.
         worst = tf.reduce_max(tf.where(flag > 0.0, tf.range(size), -1))
-        bad_rank.assign(tf.maximum(bad_rank, worst))
 
         def update() -> None:
-            self.apply_reduced(reduced, variables)
+            self.apply_reduced(_clipped(reduced, clip_norm), variables)
 
         tf.cond(worst < 0, update, lambda: None)
+        return worst
+
+    def _hvd_reduce_and_apply(self, grads: Sequence[Any], variables: Sequence[Any]) -> None:
+        bad_rank = self._hvd_loss_flags()[1]
+        bad_rank.assign(tf.maximum(bad_rank, self.reduce_and_apply(grads, variables)))
 
     def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
         """Average ``grads`` across ranks, then apply them (every n-th call with accumulation)."""
@@ -207,6 +225,13 @@ class _DistributedOptimizer:
         if self._hvd_passes == 1:
             raise RuntimeError("this optimizer does not accumulate gradients (backward_passes_per_step=1)")
         return [self._hvd_accumulators[self._get_variable_index(v)] for v in variables]
+
+
+def _clipped(grads: list[Any], clip_norm: float | None) -> list[Any]:
+    if clip_norm is None:
+        return grads
+    present = iter(tf.clip_by_global_norm([g for g in grads if g is not None], clip_norm)[0])
+    return [None if g is None else next(present) for g in grads]
 
 
 def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, compression: str = "none",

@@ -18,8 +18,10 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, l
 
     Gradients are averaged across workers with one ``hvd.grouped_allreduce``
     before they are applied: by the optimizer itself when it is a
-    ``DistributedOptimizer`` (which also handles gradient accumulation),
-    otherwise here with ``reducer`` (the plain optimizer's LR is not scaled).
+    ``DistributedOptimizer`` (which also handles gradient accumulation, and
+    skips the update on every rank when any rank's loss is not finite;
+    ``optimizer.pop_nonfinite_rank()`` says which), otherwise here with
+    ``reducer`` (the plain optimizer's LR is not scaled).
     Broadcast the initial state first (``broadcast_state(model, optimizer)``)
     and feed each rank its own shard with the same number of steps.
 
@@ -42,6 +44,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, l
         variables = model.trainable_variables
         grads = tape.gradient(loss, variables)
         if distributed:
+            optimizer.note_loss(loss)  # a non-finite loss on any rank skips this update on every rank
             optimizer.apply(grads, variables)
         else:
             optimizer.apply(reducer.reduce(grads), variables)
@@ -71,20 +74,16 @@ class TrainerSteps:
         optimizer: a ``DistributedOptimizer``.
         loss_fn: ``loss_fn(y_true, y_pred)``.
         metrics: ``{name: fn(y_true, y_pred) -> batch mean}``.
-        rank: this worker's rank.
-        size: the number of workers.
         grad_clip_norm: clip the averaged gradients to this global norm.
         signature: ``(x_spec, y_spec)`` of a batch.
     """
 
     def __init__(self, model: keras.Model, optimizer: Any, loss_fn: LossFn, metrics: Mapping[str, LossFn],
-                 rank: int, size: int, grad_clip_norm: float | None, signature: tuple[Any, Any]) -> None:
+                 grad_clip_norm: float | None, signature: tuple[Any, Any]) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.metrics = dict(metrics)
-        self.rank, self.size = rank, size
         self.grad_clip_norm = grad_clip_norm
         self.passes = optimizer.backward_passes_per_step
-        self._nonfinite = tf.Variable(False, trainable=False)
         weight = tf.TensorSpec((), tf.float64)
         self.accumulate = tf.function(self._accumulate, input_signature=[*signature, weight])
         self.sync = tf.function(self._sync, input_signature=[*signature, weight])
@@ -97,7 +96,7 @@ class TrainerSteps:
             scaled = loss * tf.cast(weight, loss.dtype)
         grads = tape.gradient(scaled, self.model.trainable_variables)
         values = [tf.reduce_mean(fn(y, y_pred)) for fn in self.metrics.values()]
-        self._nonfinite.assign(tf.logical_or(self._nonfinite, tf.logical_not(tf.math.is_finite(loss))))
+        self.optimizer.note_loss(loss)
         return loss, grads, values
 
     def _accumulate(self, x: Any, y: Any, weight: tf.Tensor) -> tuple[tf.Tensor, list[Any]]:
@@ -110,22 +109,7 @@ class TrainerSteps:
         variables = self.model.trainable_variables
         if self.passes > 1:
             grads = self.optimizer.accumulated_gradients(grads, variables, 1.0)
-        flag = tf.one_hot(self.rank, self.size) * tf.cast(self._nonfinite, tf.float32)
-        *grads, flag = self.optimizer.reduce_gradients([*grads, flag])
-        self._nonfinite.assign(False)
-        # Averaged or summed, a rank's slot is > 0 exactly when its loss was not finite.
-        bad_rank = tf.reduce_max(tf.where(flag > 0.0, tf.range(self.size), -1))
-
-        def apply() -> None:
-            update = grads
-            if self.grad_clip_norm is not None:
-                present = [g for g in grads if g is not None]
-                clipped, _ = tf.clip_by_global_norm(present, self.grad_clip_norm)
-                it = iter(clipped)
-                update = [None if g is None else next(it) for g in grads]
-            self.optimizer.apply_reduced(update, variables)
-
-        tf.cond(bad_rank < 0, apply, lambda: None)
+        bad_rank = self.optimizer.reduce_and_apply(grads, variables, self.grad_clip_norm)
         return loss, values, bad_rank
 
     def _evaluate(self, x: Any, y: Any) -> list[tf.Tensor]:

@@ -10,13 +10,14 @@ import numpy as np
 import tensorflow as tf
 
 from hvdtrain.callbacks import Callback, CallbackList
+from hvdtrain.callbacks.defaults import default_callbacks
 from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.loop import EpochLoop
 from hvdtrain.core.sharding import ShardedOrder
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, build_optimizer
 from hvdtrain.tensorflow.backend import HorovodBackend
-from hvdtrain.tensorflow.callbacks import default_callbacks
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, batch_signature, num_samples, take
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
 from hvdtrain.tensorflow.step import LossFn, TrainerSteps
@@ -28,7 +29,7 @@ def accuracy(y_true: Any, y_pred: Any) -> tf.Tensor:
     return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y_true, [-1]), tf.int64)), tf.float32))
 
 
-class Trainer:
+class Trainer(EpochLoop):
     """Data-parallel training of a Keras 3 model in a custom ``tf.GradientTape`` loop.
 
     The same arguments, callbacks and checkpoints as ``hvdtrain.torch.Trainer``;
@@ -95,8 +96,8 @@ class Trainer:
         self.train = ShardedArrays(_pair(train_data, "train_data"), batch_size, self.backend.rank,
                                    self.backend.size, shuffle=True, seed=seed)
         self.val_data = None if val_data is None else self._like_train(_pair(val_data, "val_data"))
-        self.steps = TrainerSteps(model, optimizer, loss_fn, self.metrics, self.backend.rank, self.backend.size,
-                                  grad_clip_norm, batch_signature(self.train.arrays))
+        self.steps = TrainerSteps(model, optimizer, loss_fn, self.metrics, grad_clip_norm,
+                                  batch_signature(self.train.arrays))
         self.callbacks = CallbackList(default_callbacks(
             warmup_epochs=warmup_epochs, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir,
             every_n_steps=checkpoint_every_n_steps, keep_last=keep_last, keep_best=keep_best, monitor=monitor,
@@ -107,32 +108,9 @@ class Trainer:
         self.ctx = TrainContext(backend=self.backend, adapter=self.adapter, model=model, optimizer=optimizer,
                                 max_epochs=max_epochs)
 
-    def fit(self) -> list[dict[str, float]]:
-        """Train until ``max_epochs`` or an agreed stop; returns the epoch logs."""
-        ctx = self.ctx
-        try:
-            self.callbacks.on_train_begin(ctx)
-            while ctx.epoch < self.max_epochs and not ctx.stop_training:
-                self._run_epoch(ctx)
-            self.callbacks.on_train_end(ctx)
-        except BaseException as error:
-            self.callbacks.on_exception(ctx, error)
-            raise
-        return ctx.history
-
-    def _run_epoch(self, ctx: TrainContext) -> None:
-        self.train.set_epoch(ctx.epoch, ctx.samples_seen_in_epoch)
-        ctx.steps_per_epoch = ctx.batch_index + len(self.train)
-        ctx.logs = {}
-        self.callbacks.on_epoch_begin(ctx)
-        totals = self._train_epoch(ctx)
-        if ctx.stop_training:  # agreed mid-epoch (e.g. a NaN loss): skip epoch-end hooks and checkpoints
-            return
-        ctx.logs = {**totals, **self.evaluate()}
-        ctx.history.append(ctx.logs)
-        self.callbacks.on_epoch_end(ctx)
-        ctx.agree_on_stop()
-        ctx.epoch, ctx.batch_index, ctx.samples_seen_in_epoch = ctx.epoch + 1, 0, 0
+    def _position_data(self, epoch: int, samples_seen: int) -> int:
+        self.train.set_epoch(epoch, samples_seen)
+        return len(self.train)
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
         sums = np.zeros(1 + len(self.metrics))

@@ -9,23 +9,11 @@ import horovod.torch as hvd
 import torch
 from torch.utils.data import DataLoader
 
-from hvdtrain.callbacks import (
-    BroadcastInitialState,
-    Callback,
-    CallbackList,
-    CSVLogger,
-    EarlyStopping,
-    LearningRateSchedule,
-    MetricAverage,
-    ModelCheckpoint,
-    ProgressBar,
-    ResumeFromCheckpoint,
-    StopOnNonFinite,
-    TensorBoardLogger,
-)
+from hvdtrain.callbacks import Callback, CallbackList, default_callbacks
 from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.loop import EpochLoop
 from hvdtrain.torch.adapter import TorchAdapter
 from hvdtrain.torch.backend import HorovodBackend
 from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches, as_tensors, dataset_length
@@ -39,7 +27,7 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs.argmax(dim=1) == targets).float().mean()
 
 
-class Trainer:
+class Trainer(EpochLoop):
     """Data-parallel training with Horovod and hvdtrain's callbacks.
 
     Args:
@@ -108,9 +96,11 @@ class Trainer:
                                                batch_size, shuffle=True, seed=seed)
         self.train_batches = self._batches(train_data, self.sampler)
         self.val_data = val_data
-        self.callbacks = CallbackList(self._default_callbacks(
-            warmup_epochs, lr_schedule, checkpoint_dir, checkpoint_every_n_steps, keep_last, keep_best,
-            monitor, resume, early_stopping_patience, log_dir, progress, val_data is not None))
+        self.callbacks = CallbackList(default_callbacks(
+            warmup_epochs=warmup_epochs, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir,
+            every_n_steps=checkpoint_every_n_steps, keep_last=keep_last, keep_best=keep_best, monitor=monitor,
+            resume=resume, patience=early_stopping_patience, log_dir=log_dir, progress=progress,
+            has_val=val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)
         self._nonfinite_rank = torch.zeros(())
@@ -123,53 +113,9 @@ class Trainer:
             return TensorBatches(tensors, sampler)
         return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers)
 
-    def _default_callbacks(self, warmup_epochs: float, lr_schedule: Any, checkpoint_dir: Any,
-                           every_n_steps: int | None, keep_last: int, keep_best: int, monitor: str,
-                           resume: Any, patience: int | None, log_dir: Any, progress: bool,
-                           has_val: bool) -> list[Callback]:
-        monitor = monitor if has_val or not monitor.startswith("val_") else monitor[len("val_"):]
-        callbacks: list[Callback] = [BroadcastInitialState(), MetricAverage(weighted=True), StopOnNonFinite()]
-        if resume:
-            callbacks.append(ResumeFromCheckpoint(checkpoint_dir if resume is True else resume))
-        if warmup_epochs or lr_schedule:
-            callbacks.append(LearningRateSchedule(lr_schedule, warmup_epochs))
-        if checkpoint_dir is not None:
-            callbacks.append(ModelCheckpoint(checkpoint_dir, monitor=monitor, keep_last=keep_last,
-                                             keep_best=keep_best, every_n_steps=every_n_steps))
-        if patience is not None:
-            callbacks.append(EarlyStopping(monitor, patience=patience))
-        if log_dir is not None:
-            callbacks += [CSVLogger(os.path.join(log_dir, "metrics.csv")), TensorBoardLogger(log_dir)]
-        if progress:
-            callbacks.append(ProgressBar())
-        return callbacks
-
-    def fit(self) -> list[dict[str, float]]:
-        """Train until ``max_epochs`` or an agreed stop; returns the epoch logs."""
-        ctx = self.ctx
-        try:
-            self.callbacks.on_train_begin(ctx)
-            while ctx.epoch < self.max_epochs and not ctx.stop_training:
-                self._run_epoch(ctx)
-            self.callbacks.on_train_end(ctx)
-        except BaseException as error:
-            self.callbacks.on_exception(ctx, error)
-            raise
-        return ctx.history
-
-    def _run_epoch(self, ctx: TrainContext) -> None:
-        self.sampler.set_epoch(ctx.epoch, ctx.samples_seen_in_epoch)
-        ctx.steps_per_epoch = ctx.batch_index + len(self.sampler)
-        ctx.logs = {}
-        self.callbacks.on_epoch_begin(ctx)
-        totals = self._train_epoch(ctx)
-        if ctx.stop_training:  # agreed mid-epoch (e.g. a NaN loss): skip epoch-end hooks and checkpoints
-            return
-        ctx.logs = {**totals, **self.evaluate()}
-        ctx.history.append(ctx.logs)
-        self.callbacks.on_epoch_end(ctx)
-        ctx.agree_on_stop()
-        ctx.epoch, ctx.batch_index, ctx.samples_seen_in_epoch = ctx.epoch + 1, 0, 0
+    def _position_data(self, epoch: int, samples_seen: int) -> int:
+        self.sampler.set_epoch(epoch, samples_seen)
+        return len(self.sampler)
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
         self.model.train()

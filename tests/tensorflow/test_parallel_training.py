@@ -78,3 +78,11 @@ def test_nan_loss_inside_keras_fit_stops_all_ranks_at_the_same_step_without_appl
         assert "non-finite loss on rank 1 at step 4; that step was not applied" in r["stop_reason"]
         assert r["finite"], "the NaN step must not reach the weights"
     assert ranks[0]["digest"] == ranks[1]["digest"]
+
+
+def test_keras_fit_turns_off_xla_which_cannot_hold_horovods_allreduce():
+    # Keras compiles with XLA by default where there is a GPU; forced here on CPU the same way.
+    proc = run_workers(TRAIN, ["--api", "fit", "--epochs", "1", "--jit-compile"], timeout=TIMEOUT)
+    ranks = results(proc)
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert ranks[0]["global_step"] == STEPS

@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import hvdtrain.torch as ht
 from hvdtrain.core.train_config import ConfigError, TrainConfig
-from hvdtrain.torch.trainer import accuracy
+from hvdtrain.datasets import digits
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,15 +28,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_data(seed: int):
-    """Replace with your data: return (train, val) tuples of tensors."""
-    digits = load_digits()
-    x = digits.data.astype(np.float32) / 16.0
-    y = digits.target.astype(np.int64)
-    order = np.random.RandomState(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    train, val = order[:cut], order[cut:]
-    return (torch.from_numpy(x[train]), torch.from_numpy(y[train])), (torch.from_numpy(x[val]),
-                                                                        torch.from_numpy(y[val]))
+    """Replace with your data: return (train, val) pairs of tensors (every worker passes all of it)."""
+    return (tuple(torch.from_numpy(a) for a in split) for split in digits(seed))
 
 
 def build_model() -> nn.Module:
@@ -61,7 +52,7 @@ def main() -> None:
     trainer = ht.Trainer(
         model, torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9), nn.functional.cross_entropy,
         train_data=train, val_data=val, batch_size=config.batch_size, max_epochs=config.epochs,
-        metrics={"accuracy": accuracy}, seed=config.seed, warmup_epochs=config.warmup_epochs,
+        metrics={"accuracy": ht.accuracy}, seed=config.seed, warmup_epochs=config.warmup_epochs,
         checkpoint_dir=output_dir / "checkpoints", checkpoint_every_n_steps=config.checkpoint_every_n_steps,
         monitor="val_accuracy", resume=args.resume, early_stopping_patience=config.early_stopping_patience,
         log_dir=output_dir)

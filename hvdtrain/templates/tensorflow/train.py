@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from hvdtrain.core.train_config import ConfigError, TrainConfig
+from hvdtrain.datasets import digits
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,17 +25,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_data(seed: int):
-    """Replace with your data: return (train, val) pairs of NumPy arrays."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = digits.data.astype(np.float32) / 16.0
-    y = digits.target.astype(np.int64)
-    order = np.random.RandomState(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    train, val = order[:cut], order[cut:]
-    return (x[train], y[train]), (x[val], y[val])
+    """Replace with your data: return (train, val) pairs of NumPy arrays (every worker passes all of it)."""
+    return digits(seed)
 
 
 def build_model():

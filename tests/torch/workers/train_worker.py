@@ -3,67 +3,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import signal
 
-import numpy as np
 import torch
 from torch import nn
 
 import hvdtrain.torch as ht
-from hvdtrain.callbacks import Callback, Order, ResumeFromCheckpoint
+from hvdtrain.callbacks import ResumeFromCheckpoint
 from tests.launch import report
+from tests.probes import DieAtStep, Plateau, RankMetric, Recorder, make_data
 
 
-class RankMetric(Callback):
-    """Logs a metric whose value is the rank, before metric averaging runs."""
-
-    order = Order.METRICS - 50
-
-    def on_epoch_end(self, ctx):
-        ctx.logs["rank_value"] = float(ctx.rank)
-
-
-class Recorder(Callback):
-    """Records what later callbacks would see: LR per batch, epoch logs."""
-
-    order = Order.LEARNING_RATE + 1
-
-    def __init__(self):
-        self.lrs, self.epoch_logs = [], []
-
-    def on_batch_begin(self, ctx):
-        self.lrs.append(ctx.adapter.get_learning_rates(ctx.optimizer)[0])
-
-    def on_epoch_end(self, ctx):
-        self.epoch_logs.append({k: float(v) for k, v in ctx.logs.items()})
-
-
-class DieAtStep(Callback):
-    """SIGKILLs this process at a global step (a crash that leaves no chance to clean up)."""
-
-    def __init__(self, step, rank):
-        self.step, self.rank = step, rank
-
-    def on_batch_end(self, ctx):
-        if ctx.global_step == self.step and ctx.rank == self.rank:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Plateau(Callback):
-    """Logs a metric that never improves after epoch 1."""
-
-    order = Order.METRICS - 50
-
-    def on_epoch_end(self, ctx):
-        ctx.logs["plateau"] = 1.0 if ctx.epoch == 0 else 2.0
-
-
-def make_data(seed: int, n: int = 300):
-    rng = np.random.RandomState(seed)
-    x = rng.randn(n, 10).astype(np.float32)
-    y = (x[:, :3].sum(1) > 0).astype(np.int64)
-    return torch.from_numpy(x), torch.from_numpy(y)
+def make_tensors(seed: int, n: int = 300):
+    return tuple(torch.from_numpy(a) for a in make_data(seed, n))
 
 
 def param_digest(model: nn.Module) -> tuple[str, list[float]]:
@@ -111,8 +62,8 @@ def main() -> None:
         callbacks.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
     if args.die_at_step is not None:
         callbacks.append(DieAtStep(args.die_at_step, args.die_rank))
-    trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_data(0),
-                         val_data=make_data(1, 100), batch_size=16, max_epochs=args.epochs, seed=7,
+    trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_tensors(0),
+                         val_data=make_tensors(1, 100), batch_size=16, max_epochs=args.epochs, seed=7,
                          callbacks=callbacks, warmup_epochs=args.warmup_epochs,
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
                          resume=args.resume, monitor="plateau" if args.patience else "val_loss",

@@ -1,23 +1,18 @@
-"""The default hvdtrain callbacks of the TensorFlow Trainer and of ``fit`` (the same as the torch Trainer's)."""
+"""The callbacks every Trainer (PyTorch, TensorFlow) and ``hvdtrain.tensorflow.fit`` start from."""
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from typing import Any
 
-from hvdtrain.callbacks import (
-    BroadcastInitialState,
-    Callback,
-    CSVLogger,
-    EarlyStopping,
-    LearningRateSchedule,
-    MetricAverage,
-    ModelCheckpoint,
-    ProgressBar,
-    ResumeFromCheckpoint,
-    StopOnNonFinite,
-    TensorBoardLogger,
-)
+from hvdtrain.callbacks.base import Callback
+from hvdtrain.callbacks.broadcast import BroadcastInitialState
+from hvdtrain.callbacks.checkpoint import ModelCheckpoint, ResumeFromCheckpoint
+from hvdtrain.callbacks.early_stopping import EarlyStopping, StopOnNonFinite
+from hvdtrain.callbacks.loggers import CSVLogger, TensorBoardLogger
+from hvdtrain.callbacks.lr import LearningRateSchedule
+from hvdtrain.callbacks.metrics import MetricAverage
+from hvdtrain.callbacks.progress import ProgressBar
 
 
 def default_callbacks(*, warmup_epochs: float = 0.0, lr_schedule: Callable[[float], float] | None = None,

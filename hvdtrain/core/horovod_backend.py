@@ -1,0 +1,64 @@
+"""What the PyTorch and TensorFlow Horovod backends share. The framework's Horovod module is passed in,
+so the core imports neither Horovod nor a framework."""
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+class HorovodBackendBase:
+    """Rank information and Horovod collectives with names every rank agrees on.
+
+    Horovod matches collectives across ranks by name. Its default name for an
+    object collective is the object's type, which differs across ranks when
+    they pass different kinds of values (a hang); a counter shared by all ranks
+    never clashes. Subclasses turn a float vector into their framework's tensor.
+
+    Args:
+        hvd: ``horovod.torch`` or ``horovod.tensorflow``, already initialized.
+        init_hint: the call that initializes it, for the error message.
+    """
+
+    def __init__(self, hvd: Any, init_hint: str) -> None:
+        if not hvd.is_initialized():
+            raise RuntimeError(f"Horovod is not initialized; call {init_hint} first")
+        self.hvd = hvd
+        self.rank = hvd.rank()
+        self.size = hvd.size()
+        self.local_rank = hvd.local_rank()
+        self.local_size = hvd.local_size()
+        self._calls = itertools.count()
+
+    def name(self, kind: str) -> str:
+        """A fresh collective name, the same on every rank that calls collectives in the same order."""
+        return f"hvdtrain.{kind}.{next(self._calls)}"
+
+    def allreduce_sum(self, values: Sequence[float]) -> list[float]:
+        return self.allreduce_floats(values, self.hvd.Sum, self.name("allreduce_sum"))
+
+    def allreduce_max(self, values: Sequence[float]) -> list[float]:
+        return self.allreduce_floats(values, self.hvd.Max, self.name("allreduce_max"))
+
+    def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
+        """Reduce a float64 vector with ``op``; the framework-specific part."""
+        raise NotImplementedError
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=root, name=self.name("broadcast_object"))
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self.hvd.allgather_object(obj, name=self.name("allgather_object"))
+
+    def barrier(self) -> None:
+        # Not every framework binding has hvd.barrier; a one-element allreduce blocks the same way.
+        self.allreduce_sum([0.0])
+
+
+def default_threads(local_size: int) -> int:
+    """Threads per worker: ``OMP_NUM_THREADS`` if set, else this machine's usable cores shared by the local workers."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(local_size, 1))
