@@ -123,8 +123,8 @@ def _remeasured_lines(data: dict[str, Any]) -> list[str]:
         keys = sorted({f"{r['key']}" + (f" ({r['model']})" if r.get("model") and r.get("kind") != "tuning" else "")
                        for section in ("throughput", "allreduce", "tuning") for r in data.get(section, [])
                        if r.get("remeasured") == update["started"]})
-        lines.append(f"- Measured again at {update['started']} because other jobs disturbed them in the main run "
-                     f"(`{update['command']}`): {', '.join(keys)}.")
+        lines.append(f"- Measured again at {update['started']}, after the main run, with "
+                     f"`{update['command']}`; these rows come from that run: {', '.join(keys)}.")
     return lines
 
 
