@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     history = htf.fit(
         model, x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, validation_data=val,
-        seed=args.seed, warmup_epochs=args.warmup_epochs, checkpoint_dir=args.output_dir / "checkpoints",
+        seed=args.seed, warmup_epochs=args.warmup_epochs, checkpoint_dir=args.checkpoint_dir,
         monitor="val_accuracy", resume=args.resume, early_stopping_patience=args.patience,
         log_dir=args.output_dir, progress=not args.no_progress, verbose=0)
     accuracies = history.history.get("val_accuracy", [])

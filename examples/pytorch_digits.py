@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         model, torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9), nn.functional.cross_entropy,
         train_data=train, val_data=val, batch_size=args.batch_size, max_epochs=args.epochs,
         metrics={"accuracy": ht.accuracy}, seed=args.seed, warmup_epochs=args.warmup_epochs,
-        checkpoint_dir=args.output_dir / "checkpoints", checkpoint_every_n_steps=args.checkpoint_every_n_steps,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.checkpoint_every_n_steps,
         monitor="val_accuracy", resume=args.resume, early_stopping_patience=args.patience,
         log_dir=args.output_dir, progress=not args.no_progress)
     history = trainer.fit()

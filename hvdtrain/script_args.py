@@ -8,7 +8,7 @@ from pathlib import Path
 def training_parser(description: str, *, epochs: int, output_dir: str, mid_epoch_checkpoints: bool = True
                     ) -> argparse.ArgumentParser:
     """A parser with ``--epochs``, ``--batch-size``, ``--lr``, ``--warmup-epochs``, ``--output-dir``,
-    ``--resume``, ``--patience``, ``--seed``, ``--no-progress`` and, if ``mid_epoch_checkpoints``,
+    ``--checkpoint-dir``, ``--resume``, ``--patience``, ``--seed``, ``--no-progress`` and, if ``mid_epoch_checkpoints``,
     ``--checkpoint-every-n-steps``. Add your own flags, then call ``parse_training_args``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -17,10 +17,12 @@ def training_parser(description: str, *, epochs: int, output_dir: str, mid_epoch
     add("--lr", type=float, default=0.05, help="single-worker learning rate, scaled by the workers (default: 0.05)")
     add("--warmup-epochs", type=float, default=2.0, help="LR warmup epochs (default: 2)")
     add("--output-dir", type=Path, default=Path(output_dir),
-        help=f"checkpoints (in checkpoints/), metrics.csv and TensorBoard events (default: {output_dir})")
+        help=f"metrics.csv, TensorBoard events and, by default, checkpoints/ (default: {output_dir})")
+    add("--checkpoint-dir", type=Path, default=None,
+        help="where checkpoints are written and resumed from (default: OUTPUT_DIR/checkpoints)")
     if mid_epoch_checkpoints:
         add("--checkpoint-every-n-steps", type=int, default=None, help="also checkpoint mid-epoch every n steps")
-    add("--resume", action="store_true", help="resume from the newest checkpoint in OUTPUT_DIR/checkpoints")
+    add("--resume", action="store_true", help="resume from the newest good checkpoint in the checkpoint directory")
     add("--patience", type=int, default=None, help="early-stopping patience in epochs")
     add("--seed", type=int, default=0, help="seed of weights, split and data order (default: 0)")
     add("--no-progress", action="store_true", help="hide the progress bar")
@@ -38,4 +40,6 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None 
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = args.output_dir / "checkpoints"
     return args

@@ -15,6 +15,9 @@ def test_defaults_and_values_parse():
     args = parse_training_args(parser, ["--resume", "--checkpoint-every-n-steps", "5"])
     assert (args.epochs, args.batch_size, args.output_dir, args.resume) == (7, 32, Path("runs/demo"), True)
     assert args.checkpoint_every_n_steps == 5
+    assert args.checkpoint_dir == Path("runs/demo/checkpoints")
+    chosen = parse_training_args(parser, ["--checkpoint-dir", "/shared/ckpt"])
+    assert (chosen.checkpoint_dir, chosen.output_dir) == (Path("/shared/ckpt"), Path("runs/demo"))
     no_mid_epoch = training_parser("demo", epochs=1, output_dir="x", mid_epoch_checkpoints=False)
     assert not hasattr(parse_training_args(no_mid_epoch, []), "checkpoint_every_n_steps")
 
