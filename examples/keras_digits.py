@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     accuracies = history.history.get("val_accuracy", [])
     if backend.rank == 0 and accuracies:  # history.epoch: the epochs run now (fewer after a resume)
         print(f"final val_accuracy={accuracies[-1]:.4f} after {history.epoch[-1] + 1} epochs "
-              f"on {backend.size} workers", flush=True)
+              f"on {backend.size} worker{'s' * (backend.size != 1)}", flush=True)
     return 0
 
 

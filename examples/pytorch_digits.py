@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     history = trainer.fit()
     if backend.rank == 0 and history:
         print(f"final val_accuracy={history[-1]['val_accuracy']:.4f} after {len(history)} epochs "
-              f"on {backend.size} workers", flush=True)
+              f"on {backend.size} worker{'s' * (backend.size != 1)}", flush=True)
     return 0
 
 
