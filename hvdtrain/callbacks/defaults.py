@@ -15,6 +15,12 @@ from hvdtrain.callbacks.metrics import MetricAverage
 from hvdtrain.callbacks.progress import ProgressBar
 
 
+def check_resume_target(resume: Any, checkpoint_dir: Any) -> None:
+    """``resume=True`` reads ``checkpoint_dir``, so it needs one."""
+    if resume is True and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir=; or pass the checkpoint path as resume=")
+
+
 def default_callbacks(*, warmup_epochs: float = 0.0, lr_schedule: Callable[[float], float] | None = None,
                       checkpoint_dir: Any = None, every_n_steps: int | None = None, keep_last: int = 2,
                       keep_best: int = 1, monitor: str = "val_loss", resume: Any = False,

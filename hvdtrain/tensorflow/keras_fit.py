@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvdtrain.callbacks import BroadcastInitialState, Callback, CallbackList, MetricAverage
-from hvdtrain.callbacks.defaults import default_callbacks
+from hvdtrain.callbacks.defaults import check_resume_target, default_callbacks
 from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend, allreduce_mean
 from hvdtrain.core.context import TrainContext
@@ -198,8 +198,7 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int = 32, epoc
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (got {epochs})")
-    if resume is True and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir=; or pass the checkpoint path as resume=")
+    check_resume_target(resume, checkpoint_dir)
     backend = backend or HorovodBackend()
     _prepare_model(model, compression, backward_passes_per_step, op, scale_lr)
     hvd_callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.Callback)]

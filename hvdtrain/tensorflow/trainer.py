@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvdtrain.callbacks import Callback, CallbackList
-from hvdtrain.callbacks.defaults import default_callbacks
+from hvdtrain.callbacks.defaults import check_resume_target, default_callbacks
 from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.context import TrainContext
@@ -75,8 +75,7 @@ class Trainer(EpochLoop):
                  log_dir: str | os.PathLike | None = None, progress: bool = True) -> None:
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1 (got {max_epochs})")
-        if resume is True and checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir=; or pass the checkpoint path as resume=")
+        check_resume_target(resume, checkpoint_dir)
         self.backend = backend or HorovodBackend()
         self.adapter = TensorFlowAdapter(self.backend)
         self.model = model
@@ -84,11 +83,7 @@ class Trainer(EpochLoop):
             optimizer = DistributedOptimizer(optimizer, compression=compression, op=op, scale_lr=scale_lr,
                                              backward_passes_per_step=backward_passes_per_step)
         self.optimizer = optimizer
-        self.accumulation = optimizer.backward_passes_per_step
-        if checkpoint_every_n_steps and checkpoint_every_n_steps % self.accumulation:
-            raise ValueError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} must be a multiple of "
-                             f"backward_passes_per_step={self.accumulation}, or a checkpoint would drop "
-                             "accumulated gradients")
+        self._set_accumulation(optimizer.backward_passes_per_step, checkpoint_every_n_steps)
         build_optimizer(optimizer, _built(model))
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -118,25 +113,16 @@ class Trainer(EpochLoop):
         for (x, y), global_size in self.train:
             self.callbacks.on_batch_begin(ctx)
             local = num_samples(y)
-            # Weight by this rank's share, so the averaged gradient is that of the combined batch
-            # even when a final batch splits unevenly; with gradient accumulation divide by the passes.
-            weight = tf.constant(local * ctx.size / global_size / self.accumulation, tf.float64)
+            weight = tf.constant(self._gradient_weight(ctx, local, global_size), tf.float64)
             loss, values = self._step(ctx, x, y, weight)
             sums += np.array([float(loss), *(float(v) for v in values)]) * local
-            ctx.sample_count += local
-            ctx.global_step += 1
-            ctx.samples_seen_in_epoch += global_size
-            ctx.logs = {"loss": loss}
-            self.callbacks.on_batch_end(ctx)
-            ctx.batch_index += 1
-            if ctx.stop_training:
+            if self._end_batch(ctx, local, global_size, loss):
                 break
         means = sums / max(ctx.sample_count, 1)
         return dict(zip(["loss", *self.metrics], means.tolist()))
 
     def _step(self, ctx: TrainContext, x: Any, y: Any, weight: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        last_of_epoch = ctx.batch_index + 1 == ctx.steps_per_epoch
-        if (ctx.batch_index + 1) % self.accumulation == 0 or last_of_epoch:
+        if self._is_update_step(ctx):
             loss, values, bad_rank = self.steps.sync(x, y, weight)
             bad_rank = int(bad_rank)
             ctx.extras[NONFINITE_RANK] = bad_rank if bad_rank >= 0 else None

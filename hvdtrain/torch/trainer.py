@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hvdtrain.callbacks import Callback, CallbackList, default_callbacks
+from hvdtrain.callbacks.defaults import check_resume_target
 from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.context import TrainContext
@@ -71,8 +72,7 @@ class Trainer(EpochLoop):
                  progress: bool = True, num_workers: int = 0) -> None:
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1 (got {max_epochs})")
-        if resume is True and checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir=; or pass the checkpoint path as resume=")
+        check_resume_target(resume, checkpoint_dir)
         self.backend = backend or HorovodBackend()
         self.adapter = TorchAdapter(self.backend)
         self.model = model
@@ -81,11 +81,7 @@ class Trainer(EpochLoop):
                                              backward_passes_per_step=backward_passes_per_step,
                                              scale_lr=scale_lr)
         self.optimizer = optimizer
-        self.accumulation = getattr(optimizer, "backward_passes_per_step", 1)
-        if checkpoint_every_n_steps and checkpoint_every_n_steps % self.accumulation:
-            raise ValueError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} must be a multiple of "
-                             f"backward_passes_per_step={self.accumulation}, or a checkpoint would drop "
-                             "accumulated gradients")
+        self._set_accumulation(getattr(optimizer, "backward_passes_per_step", 1), checkpoint_every_n_steps)
         self.loss_fn = loss_fn
         self.metrics = dict(metrics or {})
         self.max_epochs = max_epochs
@@ -128,13 +124,7 @@ class Trainer(EpochLoop):
             loss, values = self._train_step(ctx, batch, global_size)
             local = len(batch[0])
             sums += torch.stack([loss, *values]).double() * local
-            ctx.sample_count += local
-            ctx.global_step += 1
-            ctx.samples_seen_in_epoch += global_size
-            ctx.logs = {"loss": loss}
-            self.callbacks.on_batch_end(ctx)
-            ctx.batch_index += 1
-            if ctx.stop_training:
+            if self._end_batch(ctx, local, global_size, loss):
                 break
         means = (sums / max(ctx.sample_count, 1)).tolist()
         return dict(zip(["loss", *self.metrics], means))
@@ -144,10 +134,8 @@ class Trainer(EpochLoop):
         inputs, targets = batch[0], batch[1]
         outputs = self.model(inputs)
         loss = self.loss_fn(outputs, targets)
-        # Weight by this rank's share, so the averaged gradient is that of the combined batch
-        # even when a final batch splits unevenly; with gradient accumulation divide by the passes.
-        weight = len(inputs) * ctx.size / global_size / self.accumulation
-        sync = (ctx.batch_index + 1) % self.accumulation == 0 or ctx.batch_index + 1 == ctx.steps_per_epoch
+        weight = self._gradient_weight(ctx, len(inputs), global_size)
+        sync = self._is_update_step(ctx)
         self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank,
                                            torch.tensor(float(ctx.rank + 1)))
         # Enqueued before backward, the flag is reduced while the gradients are computed: it never
