@@ -1,12 +1,13 @@
 """Framework-agnostic callbacks and data the multi-process test workers share (PyTorch and TensorFlow)."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 
 import numpy as np
 
-from hvdtrain.callbacks import Callback, Order
+from hvdtrain.callbacks import Callback, Order, ResumeFromCheckpoint
 
 
 class RankMetric(Callback):
@@ -61,3 +62,35 @@ def make_data(seed: int, n: int = 300):
     x = rng.randn(n, 10).astype(np.float32)
     y = (x[:, :3].sum(1) > 0).astype(np.int64)
     return x, y
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    """The flags both frameworks' training workers take; each adds its own."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--every-n-steps", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--die-at-step", type=int)
+    p.add_argument("--die-rank", type=int, default=1)
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--nan-at-step", type=int)
+    p.add_argument("--rank-metric", action="store_true")
+    p.add_argument("--strict-world-size", action="store_true")
+    return p
+
+
+def probe_callbacks(args: argparse.Namespace) -> tuple[Recorder, list[Callback]]:
+    """The recorder, and the probes that ``worker_parser``'s flags ask for."""
+    recorder = Recorder()
+    found: list[Callback] = [recorder]
+    if args.rank_metric:
+        found.append(RankMetric())
+    if args.patience is not None:
+        found.append(Plateau())
+    if args.strict_world_size:
+        found.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
+    if args.die_at_step is not None:
+        found.append(DieAtStep(args.die_at_step, args.die_rank))
+    return recorder, found

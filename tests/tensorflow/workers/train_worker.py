@@ -1,7 +1,6 @@
 """A configurable TensorFlow training job (Trainer or Keras fit) for the multi-process tests."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 
@@ -10,25 +9,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 import hvdtrain.tensorflow as htf
-from hvdtrain.callbacks import Callback, ResumeFromCheckpoint
+from hvdtrain.callbacks import Callback
 from tests.launch import report
-from tests.probes import DieAtStep, Plateau, RankMetric, Recorder, make_data
+from tests.probes import make_data, probe_callbacks, worker_parser
 
 
 def parse_args():
-    p = argparse.ArgumentParser()
+    p = worker_parser()
     p.add_argument("--api", choices=("trainer", "fit"), default="trainer")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--checkpoint-dir")
-    p.add_argument("--every-n-steps", type=int)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--die-at-step", type=int)
-    p.add_argument("--die-rank", type=int, default=1)
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--nan-at-step", type=int)
-    p.add_argument("--rank-metric", action="store_true")
-    p.add_argument("--strict-world-size", action="store_true")
     p.add_argument("--jit-compile", action="store_true", help="compile the Keras model with XLA (as on a GPU)")
     return p.parse_args()
 
@@ -59,20 +47,6 @@ def make_loss(args, rank):
         return value * tf.where(poison, float("nan"), 1.0)
 
     return loss_fn
-
-
-def callbacks(args):
-    recorder = Recorder()
-    found = [recorder]
-    if args.rank_metric:
-        found.append(RankMetric())
-    if args.patience is not None:
-        found.append(Plateau())
-    if args.strict_world_size:
-        found.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
-    if args.die_at_step is not None:
-        found.append(DieAtStep(args.die_at_step, args.die_rank))
-    return recorder, found
 
 
 def common(args):
@@ -113,7 +87,7 @@ def main() -> None:
     args = parse_args()
     backend = htf.init()
     model = build_model(backend.rank)
-    recorder, extra = callbacks(args)
+    recorder, extra = probe_callbacks(args)
     ctx, history = (run_trainer if args.api == "trainer" else run_fit)(args, backend, model, extra)
     params = np.concatenate([w.ravel() for w in model.get_weights()])
     report({

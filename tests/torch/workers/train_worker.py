@@ -1,16 +1,14 @@
 """A configurable training job for the multi-process PyTorch tests; prints RESULT {json} per rank."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 
 import torch
 from torch import nn
 
 import hvdtrain.torch as ht
-from hvdtrain.callbacks import ResumeFromCheckpoint
 from tests.launch import report
-from tests.probes import DieAtStep, Plateau, RankMetric, Recorder, make_data
+from tests.probes import make_data, probe_callbacks, worker_parser
 
 
 def make_tensors(seed: int, n: int = 300):
@@ -23,18 +21,7 @@ def param_digest(model: nn.Module) -> tuple[str, list[float]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--checkpoint-dir")
-    p.add_argument("--every-n-steps", type=int)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--die-at-step", type=int)
-    p.add_argument("--die-rank", type=int, default=1)
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--nan-at-step", type=int)
-    p.add_argument("--rank-metric", action="store_true")
-    p.add_argument("--strict-world-size", action="store_true")
+    p = worker_parser()
     p.add_argument("--no-metric-average", action="store_true")
     args = p.parse_args()
 
@@ -52,16 +39,7 @@ def main() -> None:
                 return loss * float("nan")
             return loss
 
-    recorder = Recorder()
-    callbacks = [recorder]
-    if args.rank_metric:
-        callbacks.append(RankMetric())
-    if args.patience is not None:
-        callbacks.append(Plateau())
-    if args.strict_world_size:
-        callbacks.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
-    if args.die_at_step is not None:
-        callbacks.append(DieAtStep(args.die_at_step, args.die_rank))
+    recorder, callbacks = probe_callbacks(args)
     trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_tensors(0),
                          val_data=make_tensors(1, 100), batch_size=16, max_epochs=args.epochs, seed=7,
                          callbacks=callbacks, warmup_epochs=args.warmup_epochs,
