@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import sys
 
-from hvdtrain.script_args import parse_training_args, training_parser
+from hvdtrain.script import parse_training_args, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = training_parser(__doc__, epochs=20, output_dir="runs/keras_digits", mid_epoch_checkpoints=False)
+    parser = training_parser(__doc__, output_dir="runs/keras_digits", epochs=20, lr=0.05, warmup_epochs=2.0,
+                             monitor="val_accuracy")
     args = parse_training_args(parser, argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     import keras
@@ -30,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     (x_train, y_train), val = digits(args.seed)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
                               keras.layers.Dropout(0.1), keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=args.lr, momentum=0.9),
+    model.compile(optimizer=keras.optimizers.SGD(momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = htf.fit(
-        model, x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, validation_data=val,
-        seed=args.seed, warmup_epochs=args.warmup_epochs, checkpoint_dir=args.checkpoint_dir,
-        monitor="val_accuracy", resume=args.resume, early_stopping_patience=args.patience,
-        log_dir=args.output_dir, progress=not args.no_progress, verbose=0)
+    history = htf.fit(model, x_train, y_train, validation_data=val, options=args.options, verbose=0)
     accuracies = history.history.get("val_accuracy", [])
     if backend.rank == 0 and accuracies:  # history.epoch: the epochs run now (fewer after a resume)
         print(f"final val_accuracy={accuracies[-1]:.4f} after {history.epoch[-1] + 1} epochs "

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from hvdtrain.script_args import parse_training_args, training_parser
+from hvdtrain.script import parse_training_args, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_training_args(training_parser(__doc__, epochs=30, output_dir="runs/pytorch_digits"), argv)
+    parser = training_parser(__doc__, output_dir="runs/pytorch_digits", epochs=30, lr=0.05, warmup_epochs=2.0,
+                             monitor="val_accuracy")
+    args = parse_training_args(parser, argv)
     import torch
     from torch import nn
 
@@ -23,13 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     train, val = (tuple(torch.from_numpy(a) for a in split) for split in digits(args.seed))
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10))
-    trainer = ht.Trainer(
-        model, torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9), nn.functional.cross_entropy,
-        train_data=train, val_data=val, batch_size=args.batch_size, max_epochs=args.epochs,
-        metrics={"accuracy": ht.accuracy}, seed=args.seed, warmup_epochs=args.warmup_epochs,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.checkpoint_every_n_steps,
-        monitor="val_accuracy", resume=args.resume, early_stopping_patience=args.patience,
-        log_dir=args.output_dir, progress=not args.no_progress)
+    trainer = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
+                         nn.functional.cross_entropy, train_data=train, val_data=val,
+                         metrics={"accuracy": ht.accuracy}, options=args.options)
     history = trainer.fit()
     if backend.rank == 0 and history:
         print(f"final val_accuracy={history[-1]['val_accuracy']:.4f} after {len(history)} epochs "

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import sys
 
-from hvdtrain.script_args import parse_training_args, training_parser
+from hvdtrain.script import parse_training_args, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_training_args(training_parser(__doc__, epochs=20, output_dir="runs/tensorflow_digits"), argv)
+    parser = training_parser(__doc__, output_dir="runs/tensorflow_digits", epochs=20, lr=0.05, warmup_epochs=2.0,
+                             monitor="val_accuracy")
+    args = parse_training_args(parser, argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     import keras
 
@@ -28,13 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     train, val = digits(args.seed)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
                               keras.layers.Dropout(0.1), keras.layers.Dense(10)])
-    trainer = htf.Trainer(
-        model, keras.optimizers.SGD(learning_rate=args.lr, momentum=0.9),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True), train_data=train, val_data=val,
-        batch_size=args.batch_size, max_epochs=args.epochs, metrics={"accuracy": htf.accuracy}, seed=args.seed,
-        warmup_epochs=args.warmup_epochs, checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every_n_steps=args.checkpoint_every_n_steps, monitor="val_accuracy", resume=args.resume,
-        early_stopping_patience=args.patience, log_dir=args.output_dir, progress=not args.no_progress)
+    trainer = htf.Trainer(model, keras.optimizers.SGD(momentum=0.9),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True), train_data=train,
+                          val_data=val, metrics={"accuracy": htf.accuracy}, options=args.options)
     history = trainer.fit()
     if backend.rank == 0 and history:
         print(f"final val_accuracy={history[-1]['val_accuracy']:.4f} after {len(history)} epochs "

@@ -1,9 +1,11 @@
 """hvdtrain: data-parallel training on Horovod for PyTorch and Keras 3.
 
-The core (this package, ``hvdtrain.core`` and ``hvdtrain.callbacks``) never
-imports torch or TensorFlow; the framework adapters live in ``hvdtrain.torch``
-and ``hvdtrain.tensorflow``.
+Layers import one way (docs/architecture.md): ``hvdtrain.core`` (no framework,
+no YAML, no Horovod) <- ``hvdtrain.callbacks`` <- ``hvdtrain.engine`` <- the
+adapters ``hvdtrain.torch`` and ``hvdtrain.tensorflow`` <- ``hvdtrain.launcher``,
+``hvdtrain.script`` and the CLI. This package root re-exports the core and the callbacks.
 """
+from hvdtrain._version import __version__
 from hvdtrain.callbacks import (
     Callback,
     CallbackList,
@@ -22,8 +24,8 @@ from hvdtrain.core.backend import Backend, SerialBackend
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager
 from hvdtrain.core.context import TrainContext
 from hvdtrain.core.distributed import rank_zero_only
-
-__version__ = "0.1.0"
+from hvdtrain.core.options import OptionsError, TrainingOptions
+from hvdtrain.core.progress import Progress, StepOutcome
 
 __all__ = [
     "Backend",
@@ -37,12 +39,16 @@ __all__ = [
     "LearningRateWarmup",
     "MetricAverage",
     "ModelCheckpoint",
+    "OptionsError",
+    "Progress",
     "ProgressBar",
     "ResumeFromCheckpoint",
     "SerialBackend",
+    "StepOutcome",
     "StopOnNonFinite",
     "TensorBoardLogger",
     "TrainContext",
+    "TrainingOptions",
     "rank_zero_only",
     "__version__",
 ]

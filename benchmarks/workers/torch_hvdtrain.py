@@ -39,7 +39,7 @@ def measure(args: argparse.Namespace, name: str) -> dict[str, Any]:
     callback = timing_callback(timer)
     epochs = math.ceil(timer.total_steps / (args.samples_per_rank // args.batch_size)) + 1
     trainer = ht.Trainer(model, optimizer, torch.nn.CrossEntropyLoss(), train_data=data,
-                         batch_size=args.batch_size, max_epochs=epochs, callbacks=[callback],
+                         batch_size=args.batch_size, epochs=epochs, callbacks=[callback],
                          progress=False, seed=args.seed)
     trainer.fit()
     losses = callback.losses or [float("nan")]

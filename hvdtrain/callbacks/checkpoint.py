@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import hvdtrain
+from hvdtrain._version import __version__
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, load_file
@@ -29,7 +29,8 @@ class ModelCheckpoint(Callback):
         keep_last: newest checkpoints to keep.
         keep_best: best checkpoints (by ``monitor``) to keep.
         every_n_epochs: save at the end of every n-th epoch (0 disables).
-        every_n_steps: also save every n optimizer steps, mid-epoch (None disables).
+        every_n_steps: also save every n optimizer steps, mid-epoch (None disables). Saves fall on
+            optimizer steps, so accumulated gradients are never left out of a checkpoint.
     """
 
     order = Order.CHECKPOINT
@@ -46,16 +47,13 @@ class ModelCheckpoint(Callback):
         self.last_saved: Path | None = None
 
     def on_batch_end(self, ctx: TrainContext) -> None:
-        if self.every_n_steps and ctx.global_step % self.every_n_steps == 0:
-            resume_point = dict(ctx.progress_state(), batch_index=ctx.batch_index + 1)
-            self.save(ctx, resume_point, score=None)
+        if self.every_n_steps and ctx.outcome.updated and ctx.global_step % self.every_n_steps == 0:
+            self.save(ctx, ctx.progress.resume_point(), score=None)
 
     def on_epoch_end(self, ctx: TrainContext) -> None:
         if self.every_n_epochs and (ctx.epoch + 1) % self.every_n_epochs == 0:
-            resume_point = dict(ctx.progress_state(), epoch=ctx.epoch + 1, batch_index=0,
-                                samples_seen_in_epoch=0)
             score = self.monitor.read(ctx.logs) if self.monitor else None
-            self.save(ctx, resume_point, score)
+            self.save(ctx, ctx.progress.next_epoch_point(), score)
 
     def save(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None) -> Path:
         """Collective: gather RNG states, write on rank 0, share the outcome."""
@@ -73,11 +71,12 @@ class ModelCheckpoint(Callback):
                rng_states: list[Any]) -> dict[str, Any]:
         state = {"model_optimizer": ctx.adapter.state_dict(ctx.model, ctx.optimizer),
                  "progress": resume_point,
+                 "history": list(ctx.history),
                  "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
                  "rng": rng_states}
         metadata = {"world_size": ctx.size, "framework": ctx.adapter.name,
                     "monitor": self.monitor.metric if self.monitor else None,
-                    "versions": dict(ctx.adapter.versions(), hvdtrain=hvdtrain.__version__)}
+                    "versions": dict(ctx.adapter.versions(), hvdtrain=__version__)}
         try:
             path = self.manager.save(ctx.adapter.serialize(state), epoch=resume_point["epoch"],
                                      global_step=ctx.global_step, score=score, metadata=metadata)
@@ -143,7 +142,8 @@ class ResumeFromCheckpoint(Callback):
                              "on_world_size_change='reshard' to re-shard the data."}
         state = ctx.adapter.deserialize(payload)
         ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
-        return {"path": str(info.path), "world_size": old_size, "progress": state["progress"],
+        history = state.get("history", state["progress"].get("history", []))  # 0.1.0 kept it in "progress"
+        return {"path": str(info.path), "world_size": old_size, "progress": state["progress"], "history": history,
                 "callbacks": state["callbacks"], "rng": state["rng"]}
 
     def _find(self) -> tuple[CheckpointInfo, bytes] | None:
@@ -152,7 +152,8 @@ class ResumeFromCheckpoint(Callback):
         return CheckpointManager(self.source).load_latest()
 
     def _restore_everywhere(self, ctx: TrainContext, found: dict[str, Any]) -> None:
-        ctx.load_progress_state(found["progress"])
+        ctx.progress.load(found["progress"])
+        ctx.history = list(found["history"])
         if ctx.callbacks is not None:
             ctx.callbacks.load_state_dict(found["callbacks"])
         old_size = found["world_size"]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
 
 from hvdtrain.callbacks.base import Callback
 from hvdtrain.callbacks.broadcast import BroadcastInitialState
@@ -13,51 +11,40 @@ from hvdtrain.callbacks.loggers import CSVLogger, TensorBoardLogger
 from hvdtrain.callbacks.lr import LearningRateSchedule
 from hvdtrain.callbacks.metrics import MetricAverage
 from hvdtrain.callbacks.progress import ProgressBar
+from hvdtrain.core.options import TrainingOptions
 
 
-def check_resume_target(resume: Any, checkpoint_dir: Any) -> None:
-    """``resume=True`` reads ``checkpoint_dir``, so it needs one."""
-    if resume is True and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir=; or pass the checkpoint path as resume=")
-
-
-def default_callbacks(*, warmup_epochs: float = 0.0, lr_schedule: Callable[[float], float] | None = None,
-                      checkpoint_dir: Any = None, every_n_steps: int | None = None, keep_last: int = 2,
-                      keep_best: int = 1, monitor: str = "val_loss", resume: Any = False,
-                      patience: int | None = None, log_dir: Any = None, progress: bool = True,
-                      has_val: bool = True, weighted_metrics: bool = True) -> list[Callback]:
-    """Broadcast, metric averaging, NaN guard, and whatever the arguments ask for.
+def default_callbacks(options: TrainingOptions, *, has_val: bool = True,
+                      weighted_metrics: bool = True) -> list[Callback]:
+    """Broadcast, metric averaging, NaN guard, and whatever the options ask for.
 
     Rank-0-only callbacks (progress, logs, checkpoint writing) are added on
     every rank: they decide for themselves what runs where.
 
     Args:
-        warmup_epochs, lr_schedule: add a ``LearningRateSchedule``.
-        checkpoint_dir, every_n_steps, keep_last, keep_best: add a ``ModelCheckpoint``.
-        monitor: metric for best-k checkpoints and early stopping; a ``val_``
-            metric falls back to its training twin when there is no validation data.
-        resume: True resumes from ``checkpoint_dir``; a path resumes from there.
-        patience: add ``EarlyStopping``.
-        log_dir: add a ``CSVLogger`` (``metrics.csv``) and a ``TensorBoardLogger``.
-        progress: add a ``ProgressBar``.
+        options: ``warmup_epochs``/``lr_schedule`` add a ``LearningRateSchedule``; ``checkpoint_dir`` a
+            ``ModelCheckpoint``; ``resume`` a ``ResumeFromCheckpoint``; ``early_stopping_patience`` an
+            ``EarlyStopping``; ``log_dir`` a ``CSVLogger`` and a ``TensorBoardLogger``; ``progress`` a
+            ``ProgressBar``. ``monitor`` drives best-k checkpoints and early stopping; a ``val_`` metric
+            falls back to its training twin when there is no validation data.
         has_val: whether validation metrics will be logged.
         weighted_metrics: weight the metric average by each rank's sample count.
     """
-    if not has_val and monitor.startswith("val_"):
-        monitor = monitor[len("val_"):]
+    o = options
+    monitor = o.monitor[len("val_"):] if not has_val and o.monitor.startswith("val_") else o.monitor
     callbacks: list[Callback] = [BroadcastInitialState(), MetricAverage(weighted=weighted_metrics),
                                  StopOnNonFinite()]
-    if resume:
-        callbacks.append(ResumeFromCheckpoint(checkpoint_dir if resume is True else resume))
-    if warmup_epochs or lr_schedule:
-        callbacks.append(LearningRateSchedule(lr_schedule, warmup_epochs))
-    if checkpoint_dir is not None:
-        callbacks.append(ModelCheckpoint(checkpoint_dir, monitor=monitor, keep_last=keep_last,
-                                         keep_best=keep_best, every_n_steps=every_n_steps))
-    if patience is not None:
-        callbacks.append(EarlyStopping(monitor, patience=patience))
-    if log_dir is not None:
-        callbacks += [CSVLogger(os.path.join(log_dir, "metrics.csv")), TensorBoardLogger(log_dir)]
-    if progress:
+    if o.resume:
+        callbacks.append(ResumeFromCheckpoint(o.checkpoint_dir if o.resume is True else o.resume))
+    if o.warmup_epochs or o.lr_schedule:
+        callbacks.append(LearningRateSchedule(o.lr_schedule, o.warmup_epochs))
+    if o.checkpoint_dir is not None:
+        callbacks.append(ModelCheckpoint(o.checkpoint_dir, monitor=monitor, keep_last=o.keep_last,
+                                         keep_best=o.keep_best, every_n_steps=o.checkpoint_every_n_steps))
+    if o.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor, patience=o.early_stopping_patience))
+    if o.log_dir is not None:
+        callbacks += [CSVLogger(os.path.join(o.log_dir, "metrics.csv")), TensorBoardLogger(o.log_dir)]
+    if o.progress:
         callbacks.append(ProgressBar())
     return callbacks

@@ -8,10 +8,6 @@ from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
 from hvdtrain.core.context import TrainContext
 
-# A loop that already agreed on non-finite losses (fused into its gradient allreduce) stores the
-# highest offending rank here, or None, so this callback needs no collective of its own.
-NONFINITE_RANK = "nonfinite_rank"
-
 
 class EarlyStopping(Callback):
     """Requests a stop after ``patience`` epochs without improvement.
@@ -56,8 +52,9 @@ class StopOnNonFinite(Callback):
 
     It agrees across ranks every ``check_every_n_steps`` batches (one tiny
     collective), so all ranks leave the loop at the same step. hvdtrain's
-    torch Trainer agrees inside its gradient allreduce instead, at no extra
-    cost, and skips the offending step so the weights stay finite.
+    Trainers and ``fit`` agree inside the gradient allreduce instead, at no
+    extra cost (``ctx.outcome.nonfinite_checked``), and skip the offending
+    step so the weights stay finite.
     """
 
     order = Order.GUARDS
@@ -70,8 +67,8 @@ class StopOnNonFinite(Callback):
         self._bad = False
 
     def on_batch_end(self, ctx: TrainContext) -> None:
-        if self.metric == "loss" and NONFINITE_RANK in ctx.extras:
-            bad_rank = ctx.extras[NONFINITE_RANK]
+        if self.metric == "loss" and ctx.outcome.nonfinite_checked:
+            bad_rank = ctx.outcome.nonfinite_rank
             if bad_rank is not None:
                 ctx.stop_agreed(f"non-finite loss on rank {bad_rank} at step {ctx.global_step}; "
                                 "that step was not applied")

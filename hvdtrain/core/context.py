@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hvdtrain.core.adapter import FrameworkAdapter
 from hvdtrain.core.backend import Backend, SerialBackend, any_rank
+from hvdtrain.core.progress import Progress, StepOutcome
 
 
 @dataclass
@@ -13,44 +15,60 @@ class TrainContext:
 
     Attributes:
         backend: collectives of the job (``SerialBackend`` for one process).
-        adapter: the framework adapter (see ``hvdtrain.core.adapter``).
+        adapter: the framework adapter.
         model: the framework model.
         optimizer: the (distributed) optimizer.
         max_epochs: number of epochs to train.
-        epoch: current epoch, 0-based.
-        global_step: optimizer steps taken since the start of training.
-        batch_index: batch within the current epoch, 0-based.
+        progress: epoch, batch, optimizer steps and samples seen; the loop advances it.
         steps_per_epoch: batches per epoch on every rank, if known.
         logs: metrics of the current batch or epoch; callbacks may add to it.
+        outcome: what the last training batch did (loss, update, non-finite agreement).
         stop_training: true once the ranks agreed to stop (see ``agree_on_stop``).
         stop_reason: human-readable reason for stopping.
         resumed_from: the checkpoint path training resumed from, if any.
         sample_count: samples this rank processed in the current epoch.
-        samples_seen_in_epoch: samples all ranks together processed this epoch.
         callbacks: the running ``CallbackList``.
         history: one dict of epoch logs per finished epoch.
-        extras: anything the loop or user callbacks want to share.
+        extras: anything user callbacks want to share.
     """
 
     backend: Backend = field(default_factory=SerialBackend)
-    adapter: Any = None
+    adapter: FrameworkAdapter | None = None
     model: Any = None
     optimizer: Any = None
     max_epochs: int = 1
-    epoch: int = 0
-    global_step: int = 0
-    batch_index: int = 0
+    progress: Progress = field(default_factory=Progress)
     steps_per_epoch: int | None = None
     logs: dict[str, float] = field(default_factory=dict)
+    outcome: StepOutcome = field(default_factory=StepOutcome)
     stop_training: bool = False
     stop_reason: str | None = None
     resumed_from: str | None = None
     sample_count: int = 0
-    samples_seen_in_epoch: int = 0
     callbacks: Any = None
     history: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     _stop_wish: bool = field(default=False, repr=False)
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch, 0-based."""
+        return self.progress.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps since the start of training."""
+        return self.progress.step
+
+    @property
+    def batch_index(self) -> int:
+        """The batch of the epoch being run, 0-based."""
+        return self.progress.batch
+
+    @property
+    def samples_seen_in_epoch(self) -> int:
+        """Samples all ranks together finished in this epoch."""
+        return self.progress.samples_in_epoch
 
     @property
     def rank(self) -> int:
@@ -86,17 +104,3 @@ class TrainContext:
             reasons = self.backend.allgather_object(self.stop_reason if wish else None)
             self.stop_reason = next(r for r in reasons if r)
         return self.stop_training
-
-    def progress_state(self) -> dict[str, Any]:
-        """Counters needed to resume exactly where training left off."""
-        return {"epoch": self.epoch, "global_step": self.global_step,
-                "batch_index": self.batch_index, "samples_seen_in_epoch": self.samples_seen_in_epoch,
-                "history": list(self.history)}
-
-    def load_progress_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``progress_state`` returned."""
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["global_step"])
-        self.batch_index = int(state["batch_index"])
-        self.samples_seen_in_epoch = int(state.get("samples_seen_in_epoch", 0))
-        self.history = list(state.get("history", []))

@@ -97,6 +97,3 @@ class ShardedOrder:
         """This rank's batches as index arrays (never empty)."""
         for batch in self.global_batches():
             yield batch[self.rank::self.size]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "samples_seen": self.start, "seed": self.seed}

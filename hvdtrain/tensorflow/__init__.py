@@ -1,12 +1,13 @@
-"""TensorFlow / Keras 3 adapter: Horovod-backed optimizer, state I/O, sharding, ``fit`` and a Trainer.
+"""TensorFlow / Keras 3 adapter: backends (Horovod, serial), distributed optimizer, state I/O, sharding,
+``fit`` and a Trainer.
 
 Built on Horovod's core TensorFlow ops only (``grouped_allreduce``,
 ``broadcast_variables``, object collectives): Horovod's Keras integration
 predates Keras 3.
 """
-from hvdtrain.callbacks.defaults import default_callbacks
+from hvdtrain.core.options import TrainingOptions
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, broadcast_state
-from hvdtrain.tensorflow.backend import HorovodBackend, init
+from hvdtrain.tensorflow.backend import HorovodBackend, SerialBackend, init
 from hvdtrain.tensorflow.data import ShardedArrays, shard_dataset
 from hvdtrain.tensorflow.keras_fit import KerasBridge, fit
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, GradientReducer, ScaledSchedule, is_distributed
@@ -14,7 +15,7 @@ from hvdtrain.tensorflow.step import make_train_step
 from hvdtrain.tensorflow.trainer import Trainer, accuracy
 
 __all__ = [
-    "DistributedOptimizer", "GradientReducer", "HorovodBackend", "KerasBridge", "ScaledSchedule",
-    "ShardedArrays", "TensorFlowAdapter", "Trainer", "accuracy", "broadcast_state", "default_callbacks", "fit",
+    "DistributedOptimizer", "GradientReducer", "HorovodBackend", "KerasBridge", "ScaledSchedule", "SerialBackend",
+    "ShardedArrays", "TensorFlowAdapter", "Trainer", "TrainingOptions", "accuracy", "broadcast_state", "fit",
     "init", "is_distributed", "make_train_step", "shard_dataset",
 ]

@@ -4,15 +4,12 @@ from __future__ import annotations
 import pickle
 import random
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any
 
-import horovod
-import horovod.tensorflow as hvd
 import keras
 import numpy as np
 import tensorflow as tf
-
-from hvdtrain.core.backend import Backend
 
 STATE_FORMAT = "hvdtrain.tensorflow/1"
 
@@ -31,14 +28,14 @@ class TensorFlowAdapter:
 
     name = "tensorflow"
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Any) -> None:
         self.backend = backend
 
     def broadcast_state(self, model: keras.Model, optimizer: Any, root: int = 0) -> None:
         variables = state_variables(model, optimizer)
         if self.backend.size > 1:
             # Horovod's broadcast needs the underlying tf.Variables, not Keras 3 wrappers.
-            hvd.broadcast_variables([v.value for v in variables], root_rank=root)
+            self.backend.broadcast_variables([v.value for v in variables], root)
 
     def state_dict(self, model: keras.Model, optimizer: Any) -> dict[str, Any]:
         state = {"format": STATE_FORMAT, "model": _snapshot(model_variables(model))}
@@ -99,10 +96,10 @@ class TensorFlowAdapter:
         return pickle.loads(data)
 
     def versions(self) -> dict[str, str]:
-        return {"tensorflow": tf.__version__, "keras": keras.__version__, "horovod": horovod.__version__}
+        return {"tensorflow": tf.__version__, "keras": keras.__version__, "horovod": version("horovod")}
 
 
-def broadcast_state(model: keras.Model, optimizer: Any = None, backend: Backend | None = None,
+def broadcast_state(model: keras.Model, optimizer: Any = None, backend: Any = None,
                     root: int = 0) -> None:
     """Make every rank's model (and optimizer) state equal to ``root``'s. Call before the first step.
 

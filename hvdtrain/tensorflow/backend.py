@@ -1,4 +1,8 @@
-"""The core ``Backend`` on top of ``horovod.tensorflow``, and ``init()``."""
+"""The TensorFlow backends: every collective the TensorFlow adapter runs, on Horovod or in one process.
+
+Gradients, broadcasts and metrics all go through the backend a Trainer, ``fit`` or a
+``DistributedOptimizer`` was given; this module (and no other TensorFlow module) imports Horovod.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,10 +12,12 @@ from typing import Any
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from hvdtrain.core.horovod_backend import HorovodBackendBase, default_threads
+from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
+from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
 
 log = logging.getLogger("hvdtrain")
+_COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
 
 
 class HorovodBackend(HorovodBackendBase):
@@ -27,6 +33,27 @@ class HorovodBackend(HorovodBackendBase):
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         tensor = tf.constant([float(v) for v in values], dtype=tf.float64)
         return [float(v) for v in hvd.allreduce(tensor, op=op, name=name).numpy()]
+
+    def grouped_allreduce(self, tensors: list[tf.Tensor], compression: str, prescale_factor: float,
+                          postscale_factor: float) -> list[tf.Tensor]:
+        """Sum tensors of one dtype over ranks in one collective, scaled before and after; eager or traced."""
+        return hvd.grouped_allreduce(tensors, op=hvd.Sum, compression=_COMPRESSION[compression],
+                                     prescale_factor=prescale_factor, postscale_factor=postscale_factor)
+
+    def broadcast_variables(self, variables: list[tf.Variable], root: int = 0) -> None:
+        """Assign ``root``'s values to ``variables`` on every rank (plain ``tf.Variable`` objects)."""
+        hvd.broadcast_variables(variables, root_rank=root)
+
+
+class SerialBackend(CoreSerialBackend):
+    """The TensorFlow collectives of a one-process job, without Horovod: for tests and notebooks."""
+
+    def grouped_allreduce(self, tensors: list[tf.Tensor], compression: str, prescale_factor: float,
+                          postscale_factor: float) -> list[tf.Tensor]:
+        return [t * prescale_factor * postscale_factor for t in tensors]
+
+    def broadcast_variables(self, variables: list[tf.Variable], root: int = 0) -> None:
+        return None
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:

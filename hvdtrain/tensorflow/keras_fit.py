@@ -3,23 +3,22 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hvdtrain.callbacks import BroadcastInitialState, Callback, CallbackList, MetricAverage
-from hvdtrain.callbacks.defaults import check_resume_target, default_callbacks
-from hvdtrain.callbacks.early_stopping import NONFINITE_RANK
+from hvdtrain.callbacks import BroadcastInitialState, Callback, CallbackList, MetricAverage, default_callbacks
 from hvdtrain.core.backend import Backend, allreduce_mean
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.options import TrainingOptions, accepts_options
+from hvdtrain.core.progress import StepOutcome
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter
-from hvdtrain.tensorflow.backend import HorovodBackend
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, contiguous_shard, take
-from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
+from hvdtrain.tensorflow.optimizer import is_distributed
+from hvdtrain.tensorflow.trainer import distributed_optimizer
 
 log = logging.getLogger("hvdtrain")
 
@@ -51,7 +50,10 @@ class KerasBridge(keras.callbacks.Callback):
     def __init__(self, callbacks: Iterable[Callback] = (), *, backend: Backend | None = None,
                  data: ShardedArrays | None = None, validation_samples: int | None = None) -> None:
         super().__init__()
-        backend = backend or HorovodBackend()
+        if backend is None:
+            from hvdtrain.tensorflow.backend import HorovodBackend
+
+            backend = HorovodBackend()
         callbacks = list(callbacks)
         if not any(isinstance(c, BroadcastInitialState) for c in callbacks):
             callbacks.append(BroadcastInitialState())
@@ -79,11 +81,11 @@ class KerasBridge(keras.callbacks.Callback):
         ctx.max_epochs = int(self.params.get("epochs") or 1)
         ctx.steps_per_epoch = self.params.get("steps")
         self.callbacks.on_train_begin(ctx)
-        if ctx.batch_index:
+        if ctx.progress.batches_done:
             log.warning("the checkpoint was written mid-epoch (batch %d); model.fit resumes at epoch granularity, "
                         "so epoch %d restarts from its first batch. Use the Trainer for exact mid-epoch resume.",
-                        ctx.batch_index, ctx.epoch + 1)
-            ctx.batch_index, ctx.samples_seen_in_epoch = 0, 0
+                        ctx.progress.batches_done, ctx.epoch + 1)
+            ctx.progress.start_epoch(ctx.epoch)
         if ctx.resumed_from is not None:
             self._check_first_epoch = True
             if ctx.epoch and hasattr(model, "_initial_epoch"):
@@ -97,31 +99,41 @@ class KerasBridge(keras.callbacks.Callback):
             raise RuntimeError(f"training resumed at epoch {ctx.epoch} but model.fit started at epoch {epoch}; "
                                f"pass initial_epoch={ctx.epoch} to model.fit")
         self._check_first_epoch = False
-        ctx.epoch, ctx.batch_index, ctx.samples_seen_in_epoch, ctx.sample_count = epoch, 0, 0, 0
+        ctx.progress.start_epoch(epoch)
+        ctx.sample_count = 0
         ctx.logs = {}
         self.callbacks.on_epoch_begin(ctx)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.ctx.batch_index = batch
+        self.ctx.progress.start_batch()
         self.callbacks.on_batch_begin(self.ctx)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
-        first = ctx.batch_index  # with steps_per_execution > 1, Keras reports several steps at once
-        ctx.global_step += batch + 1 - first
-        if self.data is not None:
-            for local, global_size in self.data.step_sizes[first:batch + 1]:
-                ctx.sample_count += local
-                ctx.samples_seen_in_epoch += global_size
+        self._count_batches(ctx, last=batch)  # with steps_per_execution > 1, Keras reports several at once
         ctx.logs = dict(logs or {})
-        ctx.batch_index = batch
-        if is_distributed(self.model.optimizer):
+        optimizer = self.model.optimizer
+        if is_distributed(optimizer):
             # Agreed inside the gradient allreduce; the bad update was skipped on every rank.
-            ctx.extras[NONFINITE_RANK] = self.model.optimizer.pop_nonfinite_rank()
+            ctx.outcome = StepOutcome(ctx.logs.get("loss"), ctx.outcome.updated, nonfinite_checked=True,
+                                      nonfinite_rank=optimizer.pop_nonfinite_rank())
         self.callbacks.on_batch_end(ctx)
-        ctx.batch_index = batch + 1
         if ctx.stop_training:
             self.model.stop_training = True
+
+    def _count_batches(self, ctx: TrainContext, last: int) -> None:
+        """Advance the progress through batch ``last`` of the epoch; one update every ``passes`` batches."""
+        passes = getattr(self.model.optimizer, "backward_passes_per_step", 1)
+        progress = ctx.progress
+        while True:
+            local, global_size = self.data.step_sizes[progress.batch] if self.data is not None else (0, 0)
+            updated = (progress.micro_batches + 1) % passes == 0
+            progress.finish_batch(global_size, updated)
+            ctx.sample_count += local
+            if progress.batch >= last:
+                break
+            progress.start_batch()
+        ctx.outcome = StepOutcome(None, updated)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
@@ -135,7 +147,7 @@ class KerasBridge(keras.callbacks.Callback):
         logs.update(ctx.logs)
         if ctx.agree_on_stop():
             self.model.stop_training = True
-        ctx.epoch, ctx.batch_index, ctx.samples_seen_in_epoch = epoch + 1, 0, 0
+        ctx.progress.next_epoch()
 
     def _average_validation(self, ctx: TrainContext) -> None:
         if self.validation_samples is None:
@@ -160,15 +172,10 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, numbers.Real) or (hasattr(value, "shape") and np.ndim(value) == 0)
 
 
-def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int = 32, epochs: int = 1,
-        validation_data: Any = None, callbacks: Iterable[Any] = (), backend: Backend | None = None,
-        seed: int = 0, shuffle: bool = True, steps_per_epoch: int | None = None, compression: str = "none",
-        backward_passes_per_step: int = 1, op: str = "average", scale_lr: bool = True,
-        warmup_epochs: float = 0.0, lr_schedule: Callable[[float], float] | None = None,
-        checkpoint_dir: str | os.PathLike | None = None, keep_last: int = 2, keep_best: int = 1,
-        monitor: str = "val_loss", resume: bool | str | os.PathLike = False,
-        early_stopping_patience: int | None = None, log_dir: str | os.PathLike | None = None,
-        progress: bool = True, verbose: Any = None) -> keras.callbacks.History:
+@accepts_options
+def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = None, callbacks: Iterable[Any] = (),
+        backend: Backend | None = None, shuffle: bool = True, steps_per_epoch: int | None = None,
+        verbose: Any = None, options: TrainingOptions | None = None, **overrides: Any) -> keras.callbacks.History:
     """``model.fit`` on every worker, with sharded data and hvdtrain's callbacks.
 
     Every rank passes the whole data set as arrays; each trains on its shard
@@ -181,41 +188,36 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int = 32, epoc
     Args:
         model: a compiled Keras model.
         x, y: inputs and targets (arrays, tensors; ``x`` may be a tuple or dict), or a dataset as ``x``.
-        batch_size: samples per step on each rank.
-        epochs: total epochs, as for ``model.fit``.
         validation_data: ``(x, y)`` arrays (sharded here, metrics averaged exactly) or a dataset.
         callbacks: hvdtrain callbacks and Keras callbacks, in any mix.
         backend: defaults to the Horovod backend (call ``init()`` first).
-        seed, shuffle: data order, identical on all ranks.
+        shuffle: shuffle the data order every epoch (identically on all ranks).
         steps_per_epoch: for a dataset ``x`` of unknown length.
-        compression, backward_passes_per_step, op, scale_lr: see ``DistributedOptimizer``.
-        warmup_epochs, lr_schedule, checkpoint_dir, keep_last, keep_best, monitor, resume,
-            early_stopping_patience, log_dir, progress: as for ``Trainer``.
         verbose: Keras' verbosity on rank 0 (default: 0 with ``progress``, else "auto"); 0 elsewhere.
+        options: the ``TrainingOptions`` (epochs, batch size, LR warmup, checkpoints, ...).
+        **overrides: any ``TrainingOptions`` field, overriding ``options``.
 
     Returns:
         Keras' ``History`` (metrics averaged across ranks).
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1 (got {epochs})")
-    check_resume_target(resume, checkpoint_dir)
-    backend = backend or HorovodBackend()
-    _prepare_model(model, compression, backward_passes_per_step, op, scale_lr)
+    o = TrainingOptions.merged(options, overrides, "fit")
+    if backend is None:
+        from hvdtrain.tensorflow.backend import HorovodBackend
+
+        backend = HorovodBackend()
+    _prepare_model(model, backend, o)
     hvd_callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.Callback)]
     keras_callbacks = [c for c in callbacks if isinstance(c, keras.callbacks.Callback)]
-    train, steps, data = _training_input(model, x, y, backend, batch_size, shuffle, seed, steps_per_epoch)
-    val, val_samples = _validation_input(validation_data, backend, batch_size)
-    defaults = default_callbacks(
-        warmup_epochs=warmup_epochs, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, keep_last=keep_last,
-        keep_best=keep_best, monitor=monitor, resume=resume, patience=early_stopping_patience, log_dir=log_dir,
-        progress=progress, has_val=validation_data is not None, weighted_metrics=data is not None)
+    train, steps, data = _training_input(model, x, y, backend, o.batch_size, shuffle, o.seed, steps_per_epoch)
+    val, val_samples = _validation_input(validation_data, backend, o.batch_size)
+    defaults = default_callbacks(o, has_val=validation_data is not None, weighted_metrics=data is not None)
     bridge = KerasBridge([*defaults, *hvd_callbacks], backend=backend, data=data, validation_samples=val_samples)
     if data is not None:
         train = data.dataset(first_epoch=lambda: bridge.ctx.epoch)
     if verbose is None:
-        verbose = 0 if progress else "auto"
+        verbose = 0 if o.progress else "auto"
     try:
-        return model.fit(train, epochs=epochs, steps_per_epoch=steps, validation_data=val,
+        return model.fit(train, epochs=o.epochs, steps_per_epoch=steps, validation_data=val,
                          shuffle=False, callbacks=[bridge, *keras_callbacks],
                          verbose=verbose if backend.rank == 0 else 0)
     except BaseException as error:
@@ -223,12 +225,11 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int = 32, epoc
         raise
 
 
-def _prepare_model(model: keras.Model, compression: str, passes: int, op: str, scale_lr: bool) -> None:
+def _prepare_model(model: keras.Model, backend: Backend, o: TrainingOptions) -> None:
     if getattr(model, "optimizer", None) is None:
         raise ValueError("compile the model first: model.compile(optimizer=..., loss=..., metrics=[...])")
     if not is_distributed(model.optimizer):
-        DistributedOptimizer(model.optimizer, compression=compression, backward_passes_per_step=passes, op=op,
-                             scale_lr=scale_lr)
+        distributed_optimizer(model.optimizer, backend, o)
         model.train_function = None  # a cached train step would bypass the allreduce
 
 

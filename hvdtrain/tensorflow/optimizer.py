@@ -5,7 +5,7 @@ Keras 3 and fails inside ``model.fit``. This module uses only Horovod's core
 TensorFlow ops instead. ``model.fit``'s train step calls
 ``optimizer.apply_gradients``, which calls ``optimizer.apply``: that is the
 hook. The optimizer's class is swapped for a subclass whose ``apply`` runs one
-``hvd.grouped_allreduce`` over all gradients and then the original ``apply``,
+grouped allreduce (through the backend) over all gradients and then the original ``apply``,
 so ``isinstance``, ``get_config``, saving and the optimizer's state are
 unchanged.
 """
@@ -15,30 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 
-_COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+from hvdtrain.core.options import COMPRESSIONS
+
 _OPS = ("average", "sum")
 _CLASS_CACHE: dict[type, type] = {}
 
 
-def rank() -> int:
-    """This worker's Horovod rank (0 before ``init()``: a one-process job)."""
-    return hvd.rank() if hvd.is_initialized() else 0
-
-
-def world_size() -> int:
-    """Horovod's world size; raises with the fix when ``init()`` was not called."""
-    if not hvd.is_initialized():
-        raise RuntimeError("Horovod is not initialized; call hvdtrain.tensorflow.init() first")
-    return hvd.size()
-
-
 @dataclass(frozen=True)
 class GradientReducer:
-    """How gradients are combined across ranks: one grouped allreduce per call.
+    """How gradients are combined across ranks: one grouped allreduce per dtype and call.
 
     Args:
         op: "average" or "sum".
@@ -54,32 +42,30 @@ class GradientReducer:
     def __post_init__(self) -> None:
         if self.op not in _OPS:
             raise ValueError(f"op must be one of {list(_OPS)} (got {self.op!r})")
-        if self.compression not in _COMPRESSION:
-            raise ValueError(f"compression must be one of {sorted(_COMPRESSION)} (got {self.compression!r})")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)} (got {self.compression!r})")
         if self.predivide <= 0:
             raise ValueError(f"gradient_predivide_factor must be > 0 (got {self.predivide})")
 
-    def reduce(self, tensors: Sequence[Any]) -> list[Any]:
-        """Allreduce every non-None tensor in one collective; works eagerly and in a ``tf.function``.
+    def reduce(self, tensors: Sequence[Any], backend: Any) -> list[Any]:
+        """Allreduce every non-None tensor through ``backend``; works eagerly and in a ``tf.function``.
 
         ``tf.IndexedSlices`` (embedding gradients) are made dense first. None
         entries stay None; every rank must pass the same structure.
         """
         out = list(tensors)
         present = [i for i, t in enumerate(out) if t is not None]
-        size = world_size()
-        if not present or size == 1:
+        if not present or backend.size == 1:
             return out
         by_dtype: dict[tf.DType, list[int]] = {}
         for i in present:
             out[i] = tf.convert_to_tensor(out[i])
             by_dtype.setdefault(out[i].dtype, []).append(i)
-        post = self.predivide / size if self.op == "average" else self.predivide
+        post = self.predivide / backend.size if self.op == "average" else self.predivide
         # A grouped allreduce takes one dtype: one group per dtype, in first-seen order (the same on all ranks).
         for positions in by_dtype.values():
-            reduced = hvd.grouped_allreduce([out[i] for i in positions], op=hvd.Sum,
-                                            compression=_COMPRESSION[self.compression],
-                                            prescale_factor=1.0 / self.predivide, postscale_factor=post)
+            reduced = backend.grouped_allreduce([out[i] for i in positions], self.compression,
+                                                1.0 / self.predivide, post)
             for i, tensor in zip(positions, reduced):
                 out[i] = tensor
         return out
@@ -89,15 +75,13 @@ class _DistributedOptimizer:
     """Mixin put in front of the user's optimizer class by ``DistributedOptimizer``."""
 
     _hvd_reducer: GradientReducer
+    _hvd_backend: Any
     _hvd_passes: int
+    _hvd_clip_norm: float | None = None
 
     @property
     def backward_passes_per_step(self) -> int:
         return self._hvd_passes
-
-    @property
-    def gradient_reducer(self) -> GradientReducer:
-        return self._hvd_reducer
 
     def build(self, variables: Sequence[Any]) -> None:
         super().build(variables)
@@ -112,7 +96,7 @@ class _DistributedOptimizer:
 
     def reduce_gradients(self, grads: Sequence[Any]) -> list[Any]:
         """Gradients combined across ranks (no update)."""
-        return self._hvd_reducer.reduce(grads)
+        return self._hvd_reducer.reduce(grads, self._hvd_backend)
 
     def apply_reduced(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
         """Apply gradients that are already combined across ranks (no communication)."""
@@ -161,8 +145,8 @@ class _DistributedOptimizer:
             The highest rank whose loss was not finite (the update was skipped everywhere), or -1.
         """
         local = self._hvd_loss_flags()[0]
-        size = world_size()
-        flag = tf.one_hot(rank(), size) * tf.cast(local, tf.float32)
+        size = self._hvd_backend.size
+        flag = tf.one_hot(self._hvd_backend.rank, size) * tf.cast(local, tf.float32)
         *reduced, flag = self.reduce_gradients([*grads, flag])
         local.assign(False)
         # Averaged or summed, a rank's slot is > 0 exactly when its loss was not finite.
@@ -176,7 +160,7 @@ class _DistributedOptimizer:
 
     def _hvd_reduce_and_apply(self, grads: Sequence[Any], variables: Sequence[Any]) -> None:
         bad_rank = self._hvd_loss_flags()[1]
-        bad_rank.assign(tf.maximum(bad_rank, self.reduce_and_apply(grads, variables)))
+        bad_rank.assign(tf.maximum(bad_rank, self.reduce_and_apply(grads, variables, self._hvd_clip_norm)))
 
     def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
         """Average ``grads`` across ranks, then apply them (every n-th call with accumulation)."""
@@ -234,9 +218,10 @@ def _clipped(grads: list[Any], clip_norm: float | None) -> list[Any]:
     return [None if g is None else next(present) for g in grads]
 
 
-def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, compression: str = "none",
+def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any = None, compression: str = "none",
                          backward_passes_per_step: int = 1, op: str = "average", scale_lr: bool = True,
-                         gradient_predivide_factor: float = 1.0) -> keras.optimizers.Optimizer:
+                         gradient_predivide_factor: float = 1.0,
+                         clip_norm: float | None = None) -> keras.optimizers.Optimizer:
     """Make ``optimizer`` average its gradients across workers before applying them.
 
     The optimizer is converted in place and returned: it becomes an instance
@@ -247,6 +232,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, compression: 
 
     Args:
         optimizer: a Keras 3 optimizer.
+        backend: the job's backend (default: Horovod's; call ``hvdtrain.tensorflow.init()`` first).
         compression: "none" or "fp16".
         backward_passes_per_step: accumulate this many local gradients, then
             average the mean of them across workers and apply it once.
@@ -255,6 +241,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, compression: 
             scaling rule; pair it with LR warmup). A ``LearningRateSchedule``
             is wrapped in ``ScaledSchedule``.
         gradient_predivide_factor: divide before the sum, multiply after (fp16 range).
+        clip_norm: clip the combined gradients to this global norm before applying them.
 
     Returns:
         The same optimizer object, now distributed.
@@ -274,12 +261,17 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, compression: 
     if getattr(optimizer, "gradient_accumulation_steps", None) and backward_passes_per_step > 1:
         raise ValueError("the optimizer already accumulates gradients (gradient_accumulation_steps); "
                          "use backward_passes_per_step here instead, not both")
-    size = world_size()
-    if scale_lr and size > 1:
-        scale_learning_rate(optimizer, size)
+    if backend is None:
+        from hvdtrain.tensorflow.backend import HorovodBackend
+
+        backend = HorovodBackend()
+    if scale_lr and backend.size > 1:
+        scale_learning_rate(optimizer, backend.size)
     optimizer.__class__ = _distributed_class(type(optimizer))
     optimizer._hvd_reducer = reducer
+    optimizer._hvd_backend = backend
     optimizer._hvd_passes = backward_passes_per_step
+    optimizer._hvd_clip_norm = clip_norm
     if optimizer.built:
         optimizer._hvd_add_accumulators(list(optimizer._trainable_variables))
     return optimizer

@@ -13,10 +13,10 @@ LossFn = Callable[[Any, Any], Any]
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: LossFn, *,
-                    reducer: GradientReducer | None = None) -> Callable[[Any, Any], tf.Tensor]:
+                    reducer: GradientReducer | None = None, backend: Any = None) -> Callable[[Any, Any], tf.Tensor]:
     """A ``tf.function`` ``step(x, y) -> loss`` for a hand-written ``tf.GradientTape`` loop.
 
-    Gradients are averaged across workers with one ``hvd.grouped_allreduce``
+    Gradients are averaged across workers with one grouped allreduce
     before they are applied: by the optimizer itself when it is a
     ``DistributedOptimizer`` (which also handles gradient accumulation, and
     skips the update on every rank when any rank's loss is not finite;
@@ -30,12 +30,17 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, l
         optimizer: a Keras optimizer, plain or distributed.
         loss_fn: ``loss_fn(y_true, y_pred)``, e.g. a ``keras.losses.Loss``.
         reducer: how to combine gradients for a plain optimizer (default: average).
+        backend: the backend a plain optimizer's gradients are reduced through (default: Horovod's).
 
     Returns:
         The compiled step, returning this rank's batch loss.
     """
     reducer = reducer or GradientReducer()
     distributed = is_distributed(optimizer)
+    if backend is None and not distributed:
+        from hvdtrain.tensorflow.backend import HorovodBackend
+
+        backend = HorovodBackend()
 
     @tf.function(reduce_retracing=True)
     def step(x: Any, y: Any) -> tf.Tensor:
@@ -47,7 +52,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, l
             optimizer.note_loss(loss)  # a non-finite loss on any rank skips this update on every rank
             optimizer.apply(grads, variables)
         else:
-            optimizer.apply(reducer.reduce(grads), variables)
+            optimizer.apply(reducer.reduce(grads, backend), variables)
         return loss
 
     return step

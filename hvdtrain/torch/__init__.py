@@ -1,11 +1,13 @@
-"""PyTorch adapter: Horovod-backed optimizer, state I/O, sharding and a Trainer."""
-from hvdtrain.torch.adapter import TorchAdapter
-from hvdtrain.torch.backend import HorovodBackend, init
+"""PyTorch adapter: backends (Horovod, serial), distributed optimizer, state I/O, sharding and a Trainer."""
+from hvdtrain.core.options import TrainingOptions
+from hvdtrain.torch.adapter import TorchAdapter, broadcast_state
+from hvdtrain.torch.backend import HorovodBackend, SerialBackend, init
 from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches
-from hvdtrain.torch.optimizer import DistributedOptimizer, clip_grad_norm
+from hvdtrain.torch.optimizer import DistributedOptimizer, clip_grad_norm, is_distributed, skip_synchronize
 from hvdtrain.torch.trainer import Trainer, accuracy
 
 __all__ = [
-    "DistributedBatchSampler", "DistributedOptimizer", "HorovodBackend", "TensorBatches",
-    "TorchAdapter", "Trainer", "accuracy", "clip_grad_norm", "init",
+    "DistributedBatchSampler", "DistributedOptimizer", "HorovodBackend", "SerialBackend", "TensorBatches",
+    "TorchAdapter", "Trainer", "TrainingOptions", "accuracy", "broadcast_state", "clip_grad_norm", "init",
+    "is_distributed", "skip_synchronize",
 ]

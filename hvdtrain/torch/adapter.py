@@ -3,28 +3,27 @@ from __future__ import annotations
 
 import io
 import random
+from importlib.metadata import version
 from typing import Any
 
-import horovod
-import horovod.torch as hvd
 import numpy as np
 import torch
 
-from hvdtrain.core.backend import Backend
-
 
 class TorchAdapter:
-    """Implements ``hvdtrain.core.adapter.FrameworkAdapter`` for PyTorch."""
+    """Implements ``hvdtrain.core.adapter.FrameworkAdapter`` for PyTorch.
+
+    Args:
+        backend: a PyTorch backend (``hvdtrain.torch.HorovodBackend`` or ``SerialBackend``).
+    """
 
     name = "torch"
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Any) -> None:
         self.backend = backend
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
-        hvd.broadcast_parameters(model.state_dict(), root_rank=root)
-        if optimizer is not None:
-            hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+        self.backend.broadcast_state(model, optimizer, root)
 
     def state_dict(self, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None}
@@ -64,4 +63,16 @@ class TorchAdapter:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
     def versions(self) -> dict[str, str]:
-        return {"torch": torch.__version__, "horovod": horovod.__version__}
+        return {"torch": torch.__version__, "horovod": version("horovod")}
+
+
+def broadcast_state(model: torch.nn.Module, optimizer: Any = None, backend: Any = None, root: int = 0) -> None:
+    """Make every rank's model (and optimizer) state equal to ``root``'s. Call before the first step.
+
+    For hand-written loops; ``Trainer`` does this for you.
+    """
+    if backend is None:
+        from hvdtrain.torch.backend import HorovodBackend
+
+        backend = HorovodBackend()
+    backend.broadcast_state(model, optimizer, root)

@@ -1,14 +1,23 @@
-"""The core ``Backend`` on top of ``horovod.torch``."""
+"""The PyTorch backends: every collective the PyTorch adapter runs, on Horovod or in one process.
+
+Gradients, the non-finite flag, broadcasts and metrics all go through the backend a Trainer was
+given; this module (and no other PyTorch module) imports Horovod.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import horovod.torch as hvd
 import torch
 
-from hvdtrain.core.horovod_backend import HorovodBackendBase, default_threads
+from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
+from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
+
+_COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+_OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
 
 
 class HorovodBackend(HorovodBackendBase):
@@ -20,6 +29,66 @@ class HorovodBackend(HorovodBackendBase):
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
         return hvd.allreduce(tensor, op=op, name=name).tolist()
+
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, *,
+                              compression: str, op: str, backward_passes_per_step: int,
+                              gradient_predivide_factor: float) -> torch.optim.Optimizer:
+        """``optimizer`` wrapped by Horovod: gradients are allreduced as backward produces them."""
+        named = list(model.named_parameters()) if model is not None else None
+        return hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=_COMPRESSION[compression],
+                                        backward_passes_per_step=backward_passes_per_step, op=_OPS[op],
+                                        gradient_predivide_factor=gradient_predivide_factor)
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
+        """Make every rank's parameters, buffers and optimizer state equal to ``root``'s."""
+        hvd.broadcast_parameters(model.state_dict(), root_rank=root)
+        if optimizer is not None:
+            hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+
+    def start_max(self, tensor: torch.Tensor, name: str) -> Any:
+        """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""
+        return hvd.allreduce_async(tensor, op=hvd.Max, name=name)
+
+    def wait(self, handle: Any) -> torch.Tensor:
+        return hvd.synchronize(handle)
+
+
+class SerialBackend(CoreSerialBackend):
+    """The PyTorch collectives of a one-process job, without Horovod: for tests and notebooks.
+
+    ``Trainer(..., backend=SerialBackend())`` trains in the calling process, exactly as one Horovod
+    worker would.
+    """
+
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, *,
+                              compression: str, op: str, backward_passes_per_step: int,
+                              gradient_predivide_factor: float) -> torch.optim.Optimizer:
+        """``optimizer`` with Horovod's ``synchronize``/``skip_synchronize`` API, which has nothing to do here."""
+        optimizer.__class__ = type(type(optimizer).__name__, (_LocalSynchronization, type(optimizer)), {})
+        optimizer.backward_passes_per_step = backward_passes_per_step
+        return optimizer
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
+        return None
+
+    def start_max(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        return tensor
+
+    def wait(self, handle: torch.Tensor) -> torch.Tensor:
+        return handle
+
+
+class _LocalSynchronization:
+    """The gradient-synchronization API of a Horovod optimizer, for a single process."""
+
+    backward_passes_per_step: int
+
+    def synchronize(self) -> None:
+        return None
+
+    @contextlib.contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        yield
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:

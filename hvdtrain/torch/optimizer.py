@@ -1,29 +1,29 @@
-"""Wrap a torch optimizer so each step's gradients are allreduced with Horovod."""
+"""Wrap a torch optimizer so each step's gradients are averaged across workers by the backend."""
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-import horovod.torch as hvd
 import torch
 
-_COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
-_OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
+from hvdtrain.core.options import COMPRESSIONS, REDUCE_OPS
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None, *,
-                         compression: str = "none", backward_passes_per_step: int = 1,
+                         backend: Any = None, compression: str = "none", backward_passes_per_step: int = 1,
                          op: str = "average", scale_lr: bool = True,
                          gradient_predivide_factor: float = 1.0) -> torch.optim.Optimizer:
-    """Return ``optimizer`` wrapped by Horovod (same class, ``state_dict`` and param groups).
+    """Return ``optimizer`` wrapped for data parallelism (same class, ``state_dict`` and param groups).
 
-    Gradients are allreduced in the background as ``backward`` produces them,
-    overlapping communication with the rest of the backward pass; ``step``
-    waits for them. To clip gradients, see ``clip_grad_norm``.
+    On Horovod, gradients are allreduced in the background as ``backward``
+    produces them, overlapping communication with the rest of the backward
+    pass; ``step`` waits for them. To clip gradients, see ``clip_grad_norm``.
 
     Args:
         optimizer: any ``torch.optim`` optimizer.
         model: gives parameter names to Horovod (clearer errors, timeline).
+        backend: the job's backend (default: Horovod's; call ``hvdtrain.torch.init()`` first).
         compression: "none" or "fp16" (halves the bytes sent; slower on CPU).
         backward_passes_per_step: local gradient accumulation before each allreduce.
         op: "average", "sum" or "adasum".
@@ -32,30 +32,31 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
         gradient_predivide_factor: divide before and after the sum (fp16 range).
 
     Raises:
-        ValueError: an unknown compression or op.
+        ValueError: an unknown compression or op, or an optimizer that is already distributed.
     """
-    if compression not in _COMPRESSION:
-        raise ValueError(f"compression must be one of {sorted(_COMPRESSION)} (got {compression!r})")
-    if op not in _OPS:
-        raise ValueError(f"op must be one of {sorted(_OPS)} (got {op!r})")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)} (got {compression!r})")
+    if op not in REDUCE_OPS:
+        raise ValueError(f"op must be one of {sorted(REDUCE_OPS)} (got {op!r})")
     if backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be >= 1 (got {backward_passes_per_step})")
     if is_distributed(optimizer):
-        raise ValueError("this optimizer is already wrapped by Horovod; wrap the plain optimizer once")
+        raise ValueError("this optimizer is already distributed; wrap the plain optimizer once")
+    if backend is None:
+        from hvdtrain.torch.backend import HorovodBackend
+
+        backend = HorovodBackend()
     if scale_lr and op != "adasum":
         for group in optimizer.param_groups:
-            group["lr"] *= hvd.size()
-    named = list(model.named_parameters()) if model is not None else None
-    return hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=_COMPRESSION[compression],
-                                    backward_passes_per_step=backward_passes_per_step, op=_OPS[op],
-                                    gradient_predivide_factor=gradient_predivide_factor)
+            group["lr"] *= backend.size
+    return backend.distributed_optimizer(optimizer, model, compression=compression, op=op,
+                                         backward_passes_per_step=backward_passes_per_step,
+                                         gradient_predivide_factor=gradient_predivide_factor)
 
 
-def is_distributed(optimizer: torch.optim.Optimizer) -> bool:
-    """True if ``optimizer`` already allreduces its gradients through Horovod."""
-    from horovod.torch.optimizer import _DistributedOptimizer
-
-    return isinstance(optimizer, _DistributedOptimizer)
+def is_distributed(optimizer: Any) -> bool:
+    """True if ``optimizer`` already has the ``synchronize``/``skip_synchronize`` API of a distributed one."""
+    return callable(getattr(optimizer, "synchronize", None)) and callable(getattr(optimizer, "skip_synchronize", None))
 
 
 def clip_grad_norm(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor],

@@ -17,6 +17,7 @@ from hvdtrain.callbacks import (
     step_decay,
 )
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.progress import Progress
 
 
 class Trace(Callback):
@@ -65,7 +66,7 @@ def test_early_stopping_names_missing_metric_and_alternatives():
 
 
 def test_stop_on_non_finite_stops_at_once():
-    ctx = TrainContext(logs={"loss": math.inf}, global_step=7)
+    ctx = TrainContext(logs={"loss": math.inf}, progress=Progress(step=7))
     StopOnNonFinite().on_batch_end(ctx)
     assert ctx.stop_training and "non-finite loss (inf) on rank 0 at step 7" in ctx.stop_reason
 
@@ -102,7 +103,7 @@ def test_callback_states_round_trip_by_class_and_position():
 def test_csv_logger_adds_columns_without_losing_rows(tmp_path):
     logger, path = CSVLogger(tmp_path / "m.csv"), tmp_path / "m.csv"
     logger.on_epoch_end(TrainContext(logs={"loss": 1.0}))
-    logger.on_epoch_end(TrainContext(epoch=1, logs={"loss": 0.5, "val_loss": 0.7}))
+    logger.on_epoch_end(TrainContext(progress=Progress(epoch=1), logs={"loss": 0.5, "val_loss": 0.7}))
     lines = path.read_text().splitlines()
     assert lines[0] == "epoch,global_step,loss,val_loss"
     assert lines[1:] == ["1,0,1.0,", "2,0,0.5,0.7"]

@@ -86,7 +86,7 @@ def test_accumulation_applies_the_mean_once_every_n_passes(backend, compiled):
 def test_single_worker_reduction_is_the_identity(backend):
     grads = [tf.constant([1.0, 2.0]), None, tf.constant([3.0], tf.float64)]
     for reducer in (GradientReducer(), GradientReducer("sum", "fp16", 4.0)):
-        out = reducer.reduce(grads)
+        out = reducer.reduce(grads, backend)
         assert out[1] is None
         np.testing.assert_array_equal(out[0], [1.0, 2.0])
         np.testing.assert_array_equal(out[2], [3.0])

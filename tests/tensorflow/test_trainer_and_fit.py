@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import hvdtrain.tensorflow as htf
-from hvdtrain.callbacks import Callback, ModelCheckpoint
+from hvdtrain.callbacks import Callback, ModelCheckpoint, default_callbacks
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager
 
 
@@ -50,7 +50,7 @@ def loss():
 
 def trainer(tmp_path, callbacks=(), resume=False, epochs=3, seed=0, **kwargs):
     return htf.Trainer(model(seed), keras.optimizers.Adam(0.01), loss(), train_data=data(), val_data=data(40, 1),
-                       batch_size=16, max_epochs=epochs, metrics={"accuracy": htf.accuracy}, seed=3,
+                       batch_size=16, epochs=epochs, metrics={"accuracy": htf.accuracy}, seed=3,
                        callbacks=callbacks, checkpoint_dir=tmp_path, resume=resume, progress=False, **kwargs)
 
 
@@ -133,8 +133,8 @@ def test_keras_bridge_with_a_plain_model_fit_call(backend, tmp_path):
     m.optimizer = htf.DistributedOptimizer(m.optimizer)
     x, y = data()
     m.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[htf.KerasBridge([ModelCheckpoint(tmp_path)])])
-    bridge = htf.KerasBridge(htf.default_callbacks(checkpoint_dir=tmp_path, resume=True, progress=False,
-                                                   has_val=False))
+    options = htf.TrainingOptions(checkpoint_dir=tmp_path, resume=True, progress=False)
+    bridge = htf.KerasBridge(default_callbacks(options, has_val=False))
     history = compiled(seed=1).fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[bridge])
     assert history.epoch == [2] and bridge.ctx.resumed_from is not None
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import hvdtrain.torch as ht
-from hvdtrain.core.train_config import ConfigError, TrainConfig
 from hvdtrain.datasets import digits
+from hvdtrain.script import OptionsError, load_options
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,21 +41,16 @@ def main() -> None:
     args = parse_args()
     # Checked before Horovod starts: a bad key fails at once, with the valid keys.
     try:
-        config = TrainConfig.from_yaml(args.config, epochs=args.epochs, output_dir=args.output_dir)
-    except ConfigError as err:
+        options = load_options(args.config, epochs=args.epochs, output_dir=args.output_dir, resume=args.resume or None)
+    except OptionsError as err:
         raise SystemExit(f"error: {err}") from None
-    output_dir = config.resolve(args.config.parent)
     backend = ht.init()
-    torch.manual_seed(config.seed)
-    train, val = load_data(config.seed)
+    torch.manual_seed(options.seed)
+    train, val = load_data(options.seed)
     model = build_model()
-    trainer = ht.Trainer(
-        model, torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9), nn.functional.cross_entropy,
-        train_data=train, val_data=val, batch_size=config.batch_size, max_epochs=config.epochs,
-        metrics={"accuracy": ht.accuracy}, seed=config.seed, warmup_epochs=config.warmup_epochs,
-        checkpoint_dir=output_dir / "checkpoints", checkpoint_every_n_steps=config.checkpoint_every_n_steps,
-        monitor="val_accuracy", resume=args.resume, early_stopping_patience=config.early_stopping_patience,
-        log_dir=output_dir)
+    trainer = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=options.lr, momentum=0.9),
+                         nn.functional.cross_entropy, train_data=train, val_data=val,
+                         metrics={"accuracy": ht.accuracy}, options=options)
     history = trainer.fit()
     if backend.rank == 0 and history:
         print(f"final val_accuracy={history[-1]['val_accuracy']:.4f}", flush=True)

@@ -9,8 +9,8 @@ import argparse
 import os
 from pathlib import Path
 
-from hvdtrain.core.train_config import ConfigError, TrainConfig
 from hvdtrain.datasets import digits
+from hvdtrain.script import OptionsError, load_options
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,29 +41,24 @@ def main() -> None:
     args = parse_args()
     # Checked before TensorFlow and Horovod start: a bad key fails at once, with the valid keys.
     try:
-        config = TrainConfig.from_yaml(args.config, epochs=args.epochs, output_dir=args.output_dir)
-    except ConfigError as err:
+        options = load_options(args.config, epochs=args.epochs, output_dir=args.output_dir, resume=args.resume or None)
+    except OptionsError as err:
         raise SystemExit(f"error: {err}") from None
-    if config.checkpoint_every_n_steps:
+    if options.checkpoint_every_n_steps:
         raise SystemExit(f"{args.config}: checkpoint_every_n_steps is not supported with Keras fit, which resumes "
                          "at the start of an epoch; set it to null")
-    output_dir = config.resolve(args.config.parent)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     import hvdtrain.tensorflow as htf
 
     backend = htf.init()  # before building the model: it sizes TensorFlow's thread pools
-    keras.utils.set_random_seed(config.seed)
-    (x_train, y_train), val = load_data(config.seed)
+    keras.utils.set_random_seed(options.seed)
+    (x_train, y_train), val = load_data(options.seed)
     model = build_model()
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=0.9),
+    model.compile(optimizer=keras.optimizers.SGD(momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = htf.fit(
-        model, x_train, y_train, batch_size=config.batch_size, epochs=config.epochs, validation_data=val,
-        seed=config.seed, warmup_epochs=config.warmup_epochs, checkpoint_dir=output_dir / "checkpoints",
-        monitor="val_accuracy", resume=args.resume, early_stopping_patience=config.early_stopping_patience,
-        log_dir=output_dir, verbose=0)
+    history = htf.fit(model, x_train, y_train, validation_data=val, options=options, verbose=0)
     accuracies = history.history.get("val_accuracy", [])
     if backend.rank == 0 and accuracies:
         print(f"final val_accuracy={accuracies[-1]:.4f}", flush=True)

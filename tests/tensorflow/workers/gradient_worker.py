@@ -62,7 +62,7 @@ def step_trainer(model, backend, samples, passes=1):
     x, y = make_data(samples)
     htf.broadcast_state(model, backend=backend)
     before, grad = flat(model), reference_gradient(model, x, y)
-    trainer = htf.Trainer(model, keras.optimizers.SGD(LR), loss_fn(), (x, y), batch_size=BATCH, max_epochs=1,
+    trainer = htf.Trainer(model, keras.optimizers.SGD(LR), loss_fn(), (x, y), batch_size=BATCH, epochs=1,
                           backward_passes_per_step=passes, backend=backend, progress=False)
     trainer.fit()
     return before, grad, trainer.optimizer

@@ -93,7 +93,7 @@ def run_torch(out_dir: Path) -> dict:
     probe = Probe(out_dir)
     ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=BASE_LR), nn.functional.cross_entropy,
                train_data=as_tensors(make_data(0, 300)), val_data=as_tensors(make_data(1, 100)), batch_size=BATCH,
-               max_epochs=EPOCHS, metrics={"accuracy": accuracy}, callbacks=[probe], progress=False).fit()
+               epochs=EPOCHS, metrics={"accuracy": accuracy}, callbacks=[probe], progress=False).fit()
     return {"rank": backend.rank, "torch": probe.events, "torch_finite": probe.finite_losses}
 
 
@@ -111,7 +111,7 @@ def run_tensorflow(out_dir: Path) -> dict:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trainer_probe, fit_probe = Probe(out_dir), Probe(out_dir)
     htf.Trainer(model(), keras.optimizers.SGD(BASE_LR), loss, train_data=make_data(0, 300),
-                val_data=make_data(1, 100), batch_size=BATCH, max_epochs=EPOCHS, metrics={"accuracy": htf.accuracy},
+                val_data=make_data(1, 100), batch_size=BATCH, epochs=EPOCHS, metrics={"accuracy": htf.accuracy},
                 callbacks=[trainer_probe], progress=False).fit()
     keras_model = model()
     keras_model.compile(optimizer=keras.optimizers.SGD(BASE_LR), loss=loss, metrics=["accuracy"])

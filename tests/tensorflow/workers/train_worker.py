@@ -60,7 +60,7 @@ def run_trainer(args, backend, model, extra):
 
     trainer = htf.Trainer(model, keras.optimizers.Adam(0.01), make_loss(args, backend.rank),
                           train_data=make_data(0), val_data=make_data(1, 100), batch_size=16,
-                          max_epochs=args.epochs, callbacks=extra, checkpoint_every_n_steps=args.every_n_steps,
+                          epochs=args.epochs, callbacks=extra, checkpoint_every_n_steps=args.every_n_steps,
                           **common(args))
     history = trainer.fit()
     return trainer.ctx, history

@@ -41,7 +41,7 @@ def main() -> None:
 
     recorder, callbacks = probe_callbacks(args)
     trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_tensors(0),
-                         val_data=make_tensors(1, 100), batch_size=16, max_epochs=args.epochs, seed=7,
+                         val_data=make_tensors(1, 100), batch_size=16, epochs=args.epochs, seed=7,
                          callbacks=callbacks, warmup_epochs=args.warmup_epochs,
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
                          resume=args.resume, monitor="plateau" if args.patience else "val_loss",

@@ -1,9 +1,9 @@
-"""TrainConfig: the templates' hyper-parameter file, checked with messages that name the fix."""
+"""The templates' options file: TrainingOptions from YAML, checked with messages that name the fix."""
 from __future__ import annotations
 
 import pytest
 
-from hvdtrain.core.train_config import ConfigError, TrainConfig
+from hvdtrain.script import OptionsError, load_options
 
 
 def write(tmp_path, text):
@@ -14,9 +14,10 @@ def write(tmp_path, text):
 
 def test_reads_values_converts_ints_to_floats_and_applies_overrides(tmp_path):
     path = write(tmp_path, "epochs: 3\nlr: 1\nwarmup_epochs: 2\noutput_dir: out\ncheckpoint_every_n_steps: null\n")
-    config = TrainConfig.from_yaml(path, epochs=5, output_dir=None)
+    config = load_options(path, epochs=5, output_dir=None)
     assert (config.epochs, config.lr, config.warmup_epochs, config.batch_size) == (5, 1.0, 2.0, 32)
-    assert config.resolve(tmp_path) == (tmp_path / "out").resolve()
+    assert config.log_dir == (tmp_path / "out").resolve()
+    assert config.checkpoint_dir == (tmp_path / "out" / "checkpoints").resolve()
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -32,12 +33,12 @@ def test_reads_values_converts_ints_to_floats_and_applies_overrides(tmp_path):
 ])
 def test_bad_configs_name_the_file_the_key_and_the_fix(tmp_path, text, message):
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as caught:
-        TrainConfig.from_yaml(path)
+    with pytest.raises(OptionsError) as caught:
+        load_options(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
 
 
 def test_a_missing_file_is_reported(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read the config"):
-        TrainConfig.from_yaml(tmp_path / "absent.yaml")
+    with pytest.raises(OptionsError, match="cannot read the config"):
+        load_options(tmp_path / "absent.yaml")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hvdtrain.datasets import digits
-from hvdtrain.script_args import parse_training_args, training_parser
+from hvdtrain.script import parse_training_args, training_parser
 
 
 def test_defaults_and_values_parse():
@@ -18,16 +18,19 @@ def test_defaults_and_values_parse():
     assert args.checkpoint_dir == Path("runs/demo/checkpoints")
     chosen = parse_training_args(parser, ["--checkpoint-dir", "/shared/ckpt"])
     assert (chosen.checkpoint_dir, chosen.output_dir) == (Path("/shared/ckpt"), Path("runs/demo"))
-    no_mid_epoch = training_parser("demo", epochs=1, output_dir="x", mid_epoch_checkpoints=False)
-    assert not hasattr(parse_training_args(no_mid_epoch, []), "checkpoint_every_n_steps")
+    options = args.options
+    assert (options.epochs, options.resume, options.log_dir) == (7, True, Path("runs/demo"))
+    assert options.checkpoint_every_n_steps == 5 and options.checkpoint_dir == Path("runs/demo/checkpoints")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--epochs", "0"], "--epochs and --batch-size must be >= 1 and --lr > 0"),
-    (["--lr", "-1"], "--epochs and --batch-size must be >= 1 and --lr > 0"),
+    (["--epochs", "0"], "--epochs must be >= 1 (got 0)"),
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--lr", "-1"], "--lr must be > 0 (got -1.0)"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
     (["--patience", "0"], "--patience must be >= 1"),
     (["--checkpoint-every-n-steps", "0"], "--checkpoint-every-n-steps must be >= 1"),
+    (["--compression", "zip"], "argument --compression: invalid choice: 'zip'"),
 ])
 def test_bad_values_exit_with_a_message_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -1,20 +1,21 @@
-"""The epoch loop both Trainers share: hooks in order, agreed stops, and the counters resume needs."""
+"""The epoch loop both Trainers share: hooks in order, agreed stops, and the one ``Progress`` it advances."""
 from __future__ import annotations
 
 from hvdtrain.callbacks.base import CallbackList
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.progress import StepOutcome
 
 
 class EpochLoop:
     """``fit()`` for a Trainer; the framework adapter supplies the data position and the epoch's work.
 
-    Subclasses set ``ctx``, ``callbacks`` and ``max_epochs`` and implement
-    ``_position_data``, ``_train_epoch`` and ``evaluate``.
+    Subclasses set ``ctx``, ``callbacks`` and ``accumulation`` and implement
+    ``_position_data``, ``_train_epoch`` and ``evaluate``. Inside ``_train_epoch``
+    each batch runs between ``_begin_batch`` and ``_end_batch``.
     """
 
     ctx: TrainContext
     callbacks: CallbackList
-    max_epochs: int
     accumulation: int = 1
 
     def fit(self) -> list[dict[str, float]]:
@@ -22,7 +23,7 @@ class EpochLoop:
         ctx = self.ctx
         try:
             self.callbacks.on_train_begin(ctx)
-            while ctx.epoch < self.max_epochs and not ctx.stop_training:
+            while ctx.epoch < ctx.max_epochs and not ctx.stop_training:
                 self._run_epoch(ctx)
             self.callbacks.on_train_end(ctx)
         except BaseException as error:
@@ -32,7 +33,8 @@ class EpochLoop:
 
     def _run_epoch(self, ctx: TrainContext) -> None:
         steps_left = self._position_data(ctx.epoch, ctx.samples_seen_in_epoch)
-        ctx.steps_per_epoch = ctx.batch_index + steps_left
+        ctx.steps_per_epoch = ctx.progress.batches_done + steps_left
+        ctx.sample_count = 0
         ctx.logs = {}
         self.callbacks.on_epoch_begin(ctx)
         totals = self._train_epoch(ctx)
@@ -42,15 +44,7 @@ class EpochLoop:
         ctx.history.append(ctx.logs)
         self.callbacks.on_epoch_end(ctx)
         ctx.agree_on_stop()
-        ctx.epoch, ctx.batch_index, ctx.samples_seen_in_epoch = ctx.epoch + 1, 0, 0
-
-    def _set_accumulation(self, backward_passes_per_step: int, checkpoint_every_n_steps: int | None) -> None:
-        """Record the optimizer's passes per update; mid-epoch checkpoints must fall on an update."""
-        if checkpoint_every_n_steps and checkpoint_every_n_steps % backward_passes_per_step:
-            raise ValueError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} must be a multiple of "
-                             f"backward_passes_per_step={backward_passes_per_step}, or a checkpoint would drop "
-                             "accumulated gradients")
-        self.accumulation = backward_passes_per_step
+        ctx.progress.next_epoch()
 
     def _gradient_weight(self, ctx: TrainContext, local_samples: int, global_size: int) -> float:
         """Loss weight of this rank's batch.
@@ -62,16 +56,20 @@ class EpochLoop:
 
     def _is_update_step(self, ctx: TrainContext) -> bool:
         """Whether this batch ends an accumulation round or the epoch: gradients are reduced and applied."""
-        return (ctx.batch_index + 1) % self.accumulation == 0 or ctx.batch_index + 1 == ctx.steps_per_epoch
+        batch = ctx.progress.batch
+        return (batch + 1) % self.accumulation == 0 or batch + 1 == ctx.steps_per_epoch
 
-    def _end_batch(self, ctx: TrainContext, local_samples: int, global_size: int, loss: object) -> bool:
+    def _begin_batch(self, ctx: TrainContext) -> None:
+        ctx.progress.start_batch()
+        self.callbacks.on_batch_begin(ctx)
+
+    def _end_batch(self, ctx: TrainContext, local_samples: int, global_size: int, outcome: StepOutcome) -> bool:
         """Count the batch and run the batch-end hooks; True when training must stop."""
         ctx.sample_count += local_samples
-        ctx.global_step += 1
-        ctx.samples_seen_in_epoch += global_size
-        ctx.logs = {"loss": loss}
+        ctx.progress.finish_batch(global_size, outcome.updated)
+        ctx.outcome = outcome
+        ctx.logs = {"loss": outcome.loss}
         self.callbacks.on_batch_end(ctx)
-        ctx.batch_index += 1
         return ctx.stop_training
 
     def _position_data(self, epoch: int, samples_seen: int) -> int:

@@ -1,0 +1,1 @@
+"""The engine: the epoch loop both Trainers run, and what the Horovod backends of both adapters share."""

@@ -1,0 +1,84 @@
+"""The PyTorch Trainer in this process on the serial backend: no Horovod job, no launcher."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hvdtrain.torch as ht
+from hvdtrain.callbacks import Callback
+from hvdtrain.core.checkpoint import CheckpointManager
+from tests.probes import make_data
+
+
+def tensors(seed: int, n: int = 120):
+    return tuple(torch.from_numpy(a) for a in make_data(seed, n))
+
+
+def trainer(tmp_path=None, callbacks=(), **options):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    return ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy,
+                      tensors(0), tensors(1, 60), metrics={"accuracy": ht.accuracy}, callbacks=callbacks,
+                      backend=ht.SerialBackend(), checkpoint_dir=tmp_path, progress=False,
+                      **{"batch_size": 16, **options})
+
+
+class Steps(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, ctx):
+        self.seen.append((ctx.epoch, ctx.batch_index, ctx.global_step, ctx.outcome.updated))
+
+
+def test_trains_in_process_and_learns():
+    history = trainer(epochs=8).fit()
+    assert len(history) == 8
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["val_accuracy"] > 0.8
+
+
+def test_global_step_counts_optimizer_steps_with_accumulation_and_checkpoints_fall_on_them(tmp_path):
+    steps = Steps()
+    run = trainer(tmp_path, [steps], epochs=2, backward_passes_per_step=3, checkpoint_every_n_steps=2)
+    run.fit()
+    batches = math.ceil(120 / 16)  # 8 batches: updates after batches 3, 6 and the last (8) of each epoch
+    assert len(steps.seen) == 2 * batches
+    assert [s[3] for s in steps.seen[:batches]] == [False, False, True, False, False, True, False, True]
+    assert run.ctx.global_step == 6 and run.ctx.progress.micro_batches == 16
+    saved = [(i.epoch, i.global_step) for i in CheckpointManager(tmp_path).checkpoints()]
+    assert saved[-1] == (2, 6) and all(step % 2 == 0 or epoch == 2 for epoch, step in saved)
+
+
+def test_resume_mid_epoch_ends_where_an_uninterrupted_run_ends(tmp_path):
+    reference = trainer(epochs=3, seed=4)
+    reference.fit()
+    first = trainer(tmp_path, epochs=3, seed=4, checkpoint_every_n_steps=5)
+
+    class StopAt(Callback):
+        def on_batch_end(self, ctx):
+            if ctx.global_step == 10:
+                raise KeyboardInterrupt  # a crash after the step-10 checkpoint
+    first.callbacks.add(StopAt())
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = trainer(tmp_path, epochs=3, seed=4, resume=True)
+    resumed.fit()
+    assert resumed.ctx.resumed_from is not None
+    for a, b in zip(reference.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_options_object_and_keywords_are_one_set_and_unknown_ones_are_named():
+    options = ht.TrainingOptions(epochs=2, batch_size=8)
+    torch.manual_seed(0)
+    model = nn.Linear(10, 2)
+    built = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy, tensors(0),
+                       backend=ht.SerialBackend(), options=options, batch_size=16, progress=False)
+    assert (built.options.epochs, built.options.batch_size) == (2, 16)  # keywords win over options
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'; did you mean 'epochs'"):
+        ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy, tensors(0),
+                   backend=ht.SerialBackend(), epoch=3)
