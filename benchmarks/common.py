@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -28,6 +29,8 @@ MODELS = ("mlp", "cnn", "tiny-mlp", "tiny-cnn")
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
 FEATURES = IMAGE_SIDE * IMAGE_SIDE
+#: SGD momentum of every benchmark optimizer, PyTorch and Keras.
+MOMENTUM = 0.9
 
 
 def is_conv(model: str) -> bool:
@@ -267,13 +270,16 @@ def set_thread_env(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-def parameter_count(model: str) -> int:
-    """Trainable parameters of a benchmark model (same in PyTorch and Keras)."""
-    def dense(n_in: int, n_out: int) -> int:
-        return n_in * n_out + n_out
+def parameter_shapes(model: str) -> list[tuple[int, ...]]:
+    """Shapes of a benchmark model's trainable tensors, one gradient tensor each, in PyTorch's order.
 
-    def conv(c_in: int, c_out: int) -> int:
-        return c_in * c_out * 9 + c_out
+    Keras holds the same tensors (its dense kernels transposed).
+    """
+    def dense(n_in: int, n_out: int) -> list[tuple[int, ...]]:
+        return [(n_out, n_in), (n_out,)]
+
+    def conv(c_in: int, c_out: int) -> list[tuple[int, ...]]:
+        return [(c_out, c_in, 3, 3), (c_out,)]
 
     if model.endswith("mlp"):
         hidden = 2048 if model == "mlp" else 64
@@ -281,3 +287,8 @@ def parameter_count(model: str) -> int:
     c1, c2, hidden = (32, 64, 128) if model == "cnn" else (4, 8, 16)
     flat = c2 * (IMAGE_SIDE // 4) ** 2
     return conv(1, c1) + conv(c1, c2) + dense(flat, hidden) + dense(hidden, NUM_CLASSES)
+
+
+def parameter_count(model: str) -> int:
+    """Trainable parameters of a benchmark model (same in PyTorch and Keras)."""
+    return sum(math.prod(shape) for shape in parameter_shapes(model))

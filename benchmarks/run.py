@@ -1,7 +1,7 @@
 """Run every benchmark configuration, one at a time, and write the report.
 
 Usage:
-    python -m benchmarks.run                         # full run (make bench), ~12 minutes on 2 cores
+    python -m benchmarks.run                         # full run (make bench), ~22 minutes on 2 cores
     python -m benchmarks.run --quick --output-dir DIR  # tiny smoke run, < 90 s
     python -m benchmarks.run --from-json FILE        # rewrite the report from saved results
 
@@ -25,8 +25,6 @@ from benchmarks import matrix, report, sysinfo
 from benchmarks.common import UNAVAILABLE_MARKER
 
 DOCS = launching.REPO / "docs"
-#: Cores used by other processes during a timed window above which the window is discarded.
-NOISY_CORES = 0.25
 RESULTS = launching.REPO / "benchmarks" / "results"
 
 
@@ -150,7 +148,7 @@ def _record(outcome: launching.Outcome, common: dict[str, Any], parse: Parser) -
         if reason:
             return {**record, "status": f"not available: {reason}", "noisy": False}
         return {**record, "status": "failed", "error": outcome.tail[-1500:]}
-    return {**record, "status": "ok", "noisy": outcome.foreign_cpu > NOISY_CORES, **parsed}
+    return {**record, "status": "ok", "noisy": outcome.foreign_cpu > matrix.NOISY_CORES, **parsed}
 
 
 def _unavailable(text: str) -> str | None:
@@ -166,7 +164,7 @@ def parse_throughput(outcome: launching.Outcome, independent: bool, model: str) 
     """Rank 0's figures for ``model`` (for independent processes, throughput summed over processes).
 
     Each worker reports its timed windows; windows during which other
-    processes used more than ``NOISY_CORES`` are dropped before the median
+    processes used more than ``matrix.NOISY_CORES`` are dropped before the median
     when at least one clean window remains.
     """
     results = [r for r in outcome.results if r.get("model") == model]
@@ -194,7 +192,7 @@ def _clean_rate(result: dict[str, Any], samples: list[tuple[float, float, float]
     """(median samples/s of the undisturbed windows, whether none was undisturbed, load per window)."""
     rates = result.get("local_samples_per_sec_windows") or [result.get("local_samples_per_sec", 0.0)]
     loads = launching.window_loads(result.get("window_marks") or [], samples) or [0.0] * len(rates)
-    clean = [rate for rate, load in zip(rates, loads) if load <= NOISY_CORES]
+    clean = [rate for rate, load in zip(rates, loads) if load <= matrix.NOISY_CORES]
     return statistics.median(clean or rates), not clean, loads
 
 
@@ -251,14 +249,14 @@ def run_tuning(plan: Plan) -> list[dict[str, Any]]:
 
 
 def run_allreduce(plan: Plan) -> list[dict[str, Any]]:
-    """Allreduce latency and bandwidth by message size, per implementation (2 workers)."""
+    """Allreduce latency and bandwidth by message size, per implementation (``matrix.ALLREDUCE_NP`` workers)."""
     records = []
     if not plan.allreduce_sizes:
         return records
     for case in matrix.ALLREDUCE_CASES:
         log(f"allreduce {case.key}")
-        launch = case.launch(2, plan.allreduce_sizes, plan.allreduce_budget_mb)
-        record = {"kind": "allreduce", "key": case.key, "label": case.label, "np": 2,
+        launch = case.launch(matrix.ALLREDUCE_NP, plan.allreduce_sizes, plan.allreduce_budget_mb)
+        record = {"kind": "allreduce", "key": case.key, "label": case.label, "np": matrix.ALLREDUCE_NP,
                   **measure(launch, plan, {"": _allreduce_rows})[""]}
         records.append(record)
         log(f"  -> {record['status']}")

@@ -42,6 +42,18 @@ def memory_gib() -> float | None:
     return None
 
 
+def gpus() -> list[str]:
+    """Model names of the NVIDIA GPUs the driver lists (none when there is no driver)."""
+    names = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            match = re.search(r"^Model:\s*(.+)$", info.read_text(errors="replace"), re.MULTILINE)
+        except OSError:
+            match = None
+        names.append(match.group(1).strip() if match else "unknown")
+    return names
+
+
 def package_version(name: str) -> str:
     """Installed version of a distribution, or "not installed"."""
     try:
@@ -68,6 +80,7 @@ def describe() -> dict[str, object]:
         "cores": os.cpu_count(),
         "cpu_flags": cpu_flags(),
         "memory_gib": memory_gib(),
+        "gpus": gpus(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "torch": package_version("torch"),

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import IMAGE_SIDE, NUM_CLASSES, is_conv, shard, synthetic_data
+from benchmarks.common import IMAGE_SIDE, MOMENTUM, NUM_CLASSES, is_conv, shard, synthetic_data
 
 
 def configure_threads(threads: int, seed: int) -> None:
@@ -77,7 +77,7 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int,
 
 def sgd(lr: float) -> keras.optimizers.Optimizer:
     """The optimizer every benchmark uses (SGD with momentum, like PyTorch's)."""
-    return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM)
 
 
 def loss_fn() -> keras.losses.Loss:

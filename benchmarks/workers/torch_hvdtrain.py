@@ -14,7 +14,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.callbacks import timing_callback
-from benchmarks.common import ThroughputResult, WindowTimer, add_workload_args, emit, set_thread_env
+from benchmarks.common import MOMENTUM, ThroughputResult, WindowTimer, add_workload_args, emit, set_thread_env
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,7 +33,7 @@ def measure(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
     torch.manual_seed(args.seed)
     model = tc.build_model(name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM)
     data = tc.dataset(name, args.samples_per_rank, hvd.size(), args.seed)
     timer = WindowTimer(args.warmup, args.steps, args.repeats)
     callback = timing_callback(timer)

@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.common import (
+    MOMENTUM,
     FileBarrier,
     PhaseClock,
     ThroughputResult,
@@ -111,7 +112,7 @@ def measure(args: argparse.Namespace, comm: Comm, name: str) -> dict[str, Any]:
 
     tc.setup_threads(args.threads, args.seed)
     model = tc.build_model(name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM)
     model, optimizer, synchronize, step = wrap(comm, model, optimizer)
     data = tc.dataset(name, args.samples_per_rank, comm.size, args.seed)
     batches = tc.endless(tc.loader(data, args.batch_size, comm.rank, comm.size, args.seed))
