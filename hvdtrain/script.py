@@ -12,10 +12,18 @@ from typing import Any
 
 import yaml
 
-from hvdtrain.core.options import FIELDS, OptionsError, TrainingOptions, typed_value
+from hvdtrain.core.options import (
+    COMPRESSIONS,
+    FIELDS,
+    PRECISIONS,
+    REDUCE_OPS,
+    OptionsError,
+    TrainingOptions,
+    typed_value,
+)
 
-_ARG_TYPES = {"int": int, "float": float, "str": str, "path": Path}
-_CHOICES = {"compression": ("none", "fp16"), "op": ("average", "sum", "adasum")}
+_ARG_TYPES = {"int": int, "float": float, "str": str, "path": Path, "precision": str}
+_CHOICES = {"compression": COMPRESSIONS, "op": REDUCE_OPS, "precision": PRECISIONS}
 
 
 def flag_of(name: str) -> str | None:

@@ -17,7 +17,7 @@ def keyword_names(func) -> set[str]:
 
 
 @pytest.mark.parametrize(("entry", "framework_args"), [
-    ("hvdtrain.torch:Trainer", {"metrics", "callbacks", "backend", "num_workers", "options"}),
+    ("hvdtrain.torch:Trainer", {"metrics", "callbacks", "backend", "device", "num_workers", "options"}),
     ("hvdtrain.tensorflow:Trainer", {"metrics", "callbacks", "backend", "options"}),
     ("hvdtrain.tensorflow:fit", {"validation_data", "callbacks", "backend", "shuffle", "steps_per_epoch",
                                  "verbose", "options"}),

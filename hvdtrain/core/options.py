@@ -14,6 +14,7 @@ from typing import Any
 
 COMPRESSIONS = ("none", "fp16")
 REDUCE_OPS = ("average", "sum", "adasum")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 class OptionsError(ValueError):
@@ -54,6 +55,8 @@ class TrainingOptions:
     op: str = _option("average", "str", f"how gradients are combined: one of {REDUCE_OPS}")
     scale_lr: bool = _option(True, "bool", "multiply the LR by the number of workers (linear scaling rule)",
                              flag=None)
+    precision: str = _option("32", "precision", f"one of {PRECISIONS}: float32, or autocast to bfloat16 or "
+                                                "float16 (with loss scaling)")
     checkpoint_dir: str | os.PathLike | None = _option(None, "path", "write checkpoints here (rank 0)")
     checkpoint_every_n_steps: int | None = _option(None, "int", "also checkpoint every n optimizer steps")
     keep_last: int = _option(2, "int", "newest checkpoints to keep")
@@ -112,6 +115,7 @@ def _problems(o: TrainingOptions) -> list[tuple[str, str]]:
         ("compression", o.compression in COMPRESSIONS,
          f"must be one of {sorted(COMPRESSIONS)} (got {o.compression!r})"),
         ("op", o.op in REDUCE_OPS, f"must be one of {sorted(REDUCE_OPS)} (got {o.op!r})"),
+        ("precision", o.precision in PRECISIONS, f"must be one of {list(PRECISIONS)} (got {o.precision!r})"),
         ("keep_last", o.keep_last >= 1,
          f"must be >= 1 (got {o.keep_last}): the newest checkpoint is what resume uses"),
         ("keep_best", o.keep_best >= 0, f"must be >= 0 (got {o.keep_best})"),
@@ -126,7 +130,8 @@ def _problems(o: TrainingOptions) -> list[tuple[str, str]]:
 
 
 _KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
-                                       "path": (str, os.PathLike), "resume": (bool, str, os.PathLike)}
+                                       "path": (str, os.PathLike), "resume": (bool, str, os.PathLike),
+                                       "precision": (str, int)}
 
 
 def typed_value(key: str, value: Any) -> Any:
@@ -150,10 +155,10 @@ def typed_value(key: str, value: Any) -> Any:
         raise OptionsError(f"{key} must not be null", key)
     allowed = _KINDS[kind]
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-        name = {"path": "path", "resume": "true/false or a path"}.get(kind, kind)
+        name = {"resume": "true/false or a path", "precision": "str"}.get(kind, kind)
         article = "an" if name == "int" else "a"
         raise OptionsError(f"{key} must be {article} {name}{' or null' if optional else ''} (got {value!r})", key)
-    return float(value) if kind == "float" else value
+    return float(value) if kind == "float" else str(value) if kind == "precision" else value
 
 
 def accepts_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,23 +15,37 @@ class TorchAdapter:
 
     Args:
         backend: a PyTorch backend (``hvdtrain.torch.HorovodBackend`` or ``SerialBackend``).
+        extra_state: more objects with ``state_dict``/``load_state_dict`` (e.g. the loss scaler) that
+            checkpoints save and the initial broadcast spreads, by name.
     """
 
     name = "torch"
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, extra_state: dict[str, Any] | None = None) -> None:
         self.backend = backend
+        self.extra_state = dict(extra_state or {})
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
         self.backend.broadcast_state(model, optimizer, root)
+        if self.extra_state:
+            states = self.backend.broadcast_object({k: v.state_dict() for k, v in self.extra_state.items()}, root)
+            self._load_extra(states)
+
+    def _load_extra(self, states: dict[str, Any]) -> None:
+        for name, obj in self.extra_state.items():
+            if name in states:
+                obj.load_state_dict(states[name])
 
     def state_dict(self, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None}
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+                "extra": {name: obj.state_dict() for name, obj in self.extra_state.items()}}
 
     def load_state_dict(self, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; tensors go to the model's own device (CPU or GPU)."""
         model.load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            optimizer.load_state_dict(state["optimizer"])  # torch moves the state to each parameter's device
+        self._load_extra(state.get("extra", {}))
 
     def get_learning_rates(self, optimizer: Any) -> list[float]:
         return [float(group["lr"]) for group in optimizer.param_groups]

@@ -92,7 +92,9 @@ class _LocalSynchronization:
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:
-    """Initialize Horovod, size torch's thread pool, configure logging.
+    """Initialize Horovod, pin this worker's GPU, size torch's thread pool, configure logging.
+
+    With CUDA, worker ``local_rank`` uses GPU ``local_rank`` (``torch.cuda.set_device``).
 
     Args:
         threads_per_worker: intra-op threads per process. Defaults to
@@ -101,8 +103,28 @@ def init(threads_per_worker: int | None = None) -> HorovodBackend:
 
     Returns:
         The job's backend.
+
+    Raises:
+        RuntimeError: a node has fewer GPUs than workers.
     """
     hvd.init()
+    pin_gpu(hvd.local_rank(), hvd.local_size())
     torch.set_num_threads(threads_per_worker or default_threads(hvd.local_size()))
     configure_logging(hvd.rank())
     return HorovodBackend()
+
+
+def pin_gpu(local_rank: int, local_size: int) -> None:
+    """Make GPU ``local_rank`` this process's current CUDA device; nothing without CUDA."""
+    if not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if local_size > gpus:
+        raise RuntimeError(f"this node has {gpus} GPU{'s' * (gpus != 1)} but {local_size} workers: one worker "
+                           f"per GPU, so launch with -np {gpus} per node (or -H host:{gpus})")
+    torch.cuda.set_device(local_rank)
+
+
+def default_device(local_rank: int) -> torch.device:
+    """``cuda:<local_rank>`` when CUDA is available, else the CPU."""
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -41,7 +41,7 @@ class TensorBatches:
     """Batches of in-memory tensors by direct indexing (no per-sample Python work).
 
     Args:
-        tensors: tensors with the same first dimension (e.g. inputs, targets).
+        tensors: tensors with the same first dimension (e.g. inputs, targets), on the CPU or a GPU.
         sampler: the rank's ``DistributedBatchSampler``.
     """
 
@@ -55,7 +55,7 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for indices in self.sampler.order:
             index = torch.from_numpy(indices)
-            yield tuple(t.index_select(0, index) for t in self.tensors)
+            yield tuple(t.index_select(0, index.to(t.device, non_blocking=True)) for t in self.tensors)
 
 
 def as_tensors(data: object) -> tuple[torch.Tensor, ...] | None:

@@ -13,8 +13,10 @@ from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
 from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.torch.adapter import TorchAdapter
+from hvdtrain.torch.backend import default_device
 from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches, as_tensors, dataset_length
 from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
+from hvdtrain.torch.precision import MixedPrecision
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,6 +43,8 @@ class Trainer(EpochLoop):
         callbacks: user callbacks, merged with the defaults by ``order``.
         backend: defaults to the Horovod backend (call ``hvdtrain.torch.init()`` first);
             ``hvdtrain.torch.SerialBackend()`` trains in this process alone.
+        device: where the model trains; default ``cuda:<local_rank>`` with CUDA, else the CPU. The
+            model is moved there before the initial broadcast, and each batch as it is used.
         num_workers: DataLoader worker processes for a non-tensor Dataset.
         options: the ``TrainingOptions`` (epochs, batch size, LR warmup, checkpoints, ...).
         **overrides: any ``TrainingOptions`` field, overriding ``options``.
@@ -50,16 +54,18 @@ class Trainer(EpochLoop):
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable[[Any, Any], torch.Tensor], train_data: Any, val_data: Any = None, *,
                  metrics: dict[str, Metric] | None = None, callbacks: Iterable[Callback] = (),
-                 backend: Any = None, num_workers: int = 0, options: TrainingOptions | None = None,
-                 **overrides: Any) -> None:
+                 backend: Any = None, device: str | torch.device | None = None, num_workers: int = 0,
+                 options: TrainingOptions | None = None, **overrides: Any) -> None:
         self.options = o = TrainingOptions.merged(options, overrides, "Trainer")
         if backend is None:
             from hvdtrain.torch.backend import HorovodBackend
 
             backend = HorovodBackend()
         self.backend = backend
-        self.adapter = TorchAdapter(backend)
-        self.model = model
+        self.device = torch.device(device) if device is not None else default_device(backend.local_rank)
+        self.model = model.to(self.device)
+        self.precision = MixedPrecision(o.precision, self.device)
+        self.adapter = TorchAdapter(backend, {"precision": self.precision} if self.precision.scaler else None)
         self.optimizer = self._distributed(optimizer, model, o)
         self.accumulation = getattr(self.optimizer, "backward_passes_per_step", 1)
         self.loss_fn = loss_fn
@@ -72,7 +78,8 @@ class Trainer(EpochLoop):
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)
-        self._nonfinite_rank = torch.zeros(())
+        self._nonfinite_rank = torch.zeros((), device=self.device)
+        self._this_rank_flag = torch.full((), float(backend.rank + 1), device=self.device)
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
                                 max_epochs=o.epochs)
 
@@ -90,7 +97,11 @@ class Trainer(EpochLoop):
         tensors = as_tensors(data)
         if tensors is not None:
             return TensorBatches(tensors, sampler)
-        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
     def _position_data(self, epoch: int, samples_seen: int) -> int:
         self.sampler.set_epoch(epoch, samples_seen)
@@ -98,34 +109,35 @@ class Trainer(EpochLoop):
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
         self.model.train()
-        sums = torch.zeros(1 + len(self.metrics), dtype=torch.float64)
+        sums = torch.zeros(1 + len(self.metrics), dtype=torch.float64, device=self.device)
         global_sizes = self.sampler.global_batches()
         for batch in self.train_batches:
             global_size = next(global_sizes)
             self._begin_batch(ctx)
+            batch = self._to_device(batch)
             outcome, values = self._train_step(ctx, batch, global_size)
             local = len(batch[0])
             sums += torch.stack([outcome.loss, *values]).double() * local
             if self._end_batch(ctx, local, global_size, outcome):
                 break
-        means = (sums / max(ctx.sample_count, 1)).tolist()
+        means = (sums / max(ctx.sample_count, 1)).tolist()  # the epoch's one read from the device
         return dict(zip(["loss", *self.metrics], means))
 
     def _train_step(self, ctx: TrainContext, batch: Any, global_size: int) -> tuple[StepOutcome, list[torch.Tensor]]:
         inputs, targets = batch[0], batch[1]
-        outputs = self.model(inputs)
-        loss = self.loss_fn(outputs, targets)
+        with self.precision.autocast():
+            outputs = self.model(inputs)
+            loss = self.loss_fn(outputs, targets)
         weight = self._gradient_weight(ctx, len(inputs), global_size)
         update = self._is_update_step(ctx)
-        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank,
-                                           torch.tensor(float(ctx.rank + 1)))
+        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank, self._this_rank_flag)
         # Enqueued before backward, the flag is reduced while the gradients are computed: it never
         # costs a Horovod cycle of its own.
         flag = self.backend.start_max(self._nonfinite_rank.reshape(1), "hvdtrain.nonfinite") if update else None
-        (loss * weight if weight != 1.0 else loss).backward()
+        self.precision.backward(loss * weight if weight != 1.0 else loss)
         bad_rank = self._step(flag) if update else None
         with torch.no_grad():
-            values = [fn(outputs, targets) for fn in self.metrics.values()]
+            values = [fn(outputs.float(), targets) for fn in self.metrics.values()]
         return StepOutcome(loss.detach(), update, nonfinite_checked=update, nonfinite_rank=bad_rank), values
 
     def _step(self, flag: Any) -> int | None:
@@ -139,12 +151,12 @@ class Trainer(EpochLoop):
         """
         self.optimizer.synchronize()
         bad_rank = int(self.backend.wait(flag).item()) - 1
-        self._nonfinite_rank = torch.zeros(())
+        self._nonfinite_rank.zero_()
         if bad_rank < 0:
+            self.precision.unscale(self.optimizer)
             if self.options.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
-            with self.optimizer.skip_synchronize():
-                self.optimizer.step()
+            self.precision.step(self.optimizer)
         self.optimizer.zero_grad()
         return bad_rank if bad_rank >= 0 else None
 
@@ -157,12 +169,16 @@ class Trainer(EpochLoop):
         self.model.eval()
         sampler = DistributedBatchSampler(dataset_length(data), self.backend.rank, self.backend.size,
                                           self.options.batch_size, shuffle=False)
-        sums = [0.0] * (2 + len(self.metrics))
+        sums = torch.zeros(1 + len(self.metrics), dtype=torch.float64, device=self.device)
+        count = 0
         for batch in self._batches(data, sampler):
-            outputs = self.model(batch[0])
-            n = len(batch[0])
-            values = [self.loss_fn(outputs, batch[1]), *(fn(outputs, batch[1]) for fn in self.metrics.values())]
-            sums = [s + float(v) * n for s, v in zip(sums, [*values, 1.0])]
-        totals = self.backend.allreduce_sum(sums)
+            inputs, targets = self._to_device(batch)[:2]
+            with self.precision.autocast():
+                outputs = self.model(inputs)
+                loss = self.loss_fn(outputs, targets)
+            values = [loss, *(fn(outputs.float(), targets) for fn in self.metrics.values())]
+            sums += torch.stack([v.double() for v in values]) * len(inputs)
+            count += len(inputs)
+        totals = self.backend.allreduce_sum([*sums.tolist(), count])
         return {f"val_{name}": total / totals[-1]
                 for name, total in zip(["loss", *self.metrics], totals[:-1])}

@@ -44,4 +44,4 @@ def test_example_rejects_bad_flags_with_the_fix(example):
     proc = subprocess.run([sys.executable, str(REPO / "examples" / example), "--epochs", "0"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0
-    assert "--epochs and --batch-size must be >= 1" in proc.stderr
+    assert "--epochs must be >= 1 (got 0)" in proc.stderr

@@ -27,4 +27,4 @@ def test_digits_example_reaches_95_percent_and_leaves_logs_and_checkpoints(tmp_p
 def test_example_rejects_bad_flags_with_the_fix():
     proc = run_workers(REPO / "examples" / "pytorch_digits.py", ["--epochs", "0"], np=1, check=False)
     assert proc.returncode != 0
-    assert "--epochs and --batch-size must be >= 1" in proc.stdout + proc.stderr
+    assert "--epochs must be >= 1 (got 0)" in proc.stdout + proc.stderr

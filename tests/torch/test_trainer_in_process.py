@@ -82,3 +82,22 @@ def test_options_object_and_keywords_are_one_set_and_unknown_ones_are_named():
     with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'; did you mean 'epochs'"):
         ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy, tensors(0),
                    backend=ht.SerialBackend(), epoch=3)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_the_cpu(precision):
+    run = trainer(epochs=8, precision=precision)
+    history = run.fit()
+    assert history[-1]["val_accuracy"] > 0.8
+    assert (run.precision.scaler is not None) == (precision == "16-mixed")
+
+
+def test_the_loss_scale_is_checkpointed_and_resumed(tmp_path):
+    first = trainer(tmp_path, epochs=2, precision="16-mixed")
+    first.precision.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    first.fit()
+    scale = first.precision.scaler.get_scale()
+    assert scale > 1024.0  # grown every 3 steps: a scale a fresh scaler would not start from
+    resumed = trainer(tmp_path, epochs=3, precision="16-mixed", resume=True)
+    resumed.callbacks.on_train_begin(resumed.ctx)
+    assert resumed.precision.scaler.get_scale() == scale

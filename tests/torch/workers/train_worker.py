@@ -23,6 +23,8 @@ def param_digest(model: nn.Module) -> tuple[str, list[float]]:
 def main() -> None:
     p = worker_parser()
     p.add_argument("--no-metric-average", action="store_true")
+    p.add_argument("--precision", default="32")
+    p.add_argument("--init-scale", type=float, help="the fp16 loss scaler's first scale")
     args = p.parse_args()
 
     backend = ht.init()
@@ -45,7 +47,9 @@ def main() -> None:
                          callbacks=callbacks, warmup_epochs=args.warmup_epochs,
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
                          resume=args.resume, monitor="plateau" if args.patience else "val_loss",
-                         early_stopping_patience=args.patience, progress=False)
+                         early_stopping_patience=args.patience, progress=False, precision=args.precision)
+    if args.init_scale:
+        trainer.precision.scaler = torch.amp.GradScaler("cpu", init_scale=args.init_scale)
     if args.no_metric_average:
         trainer.callbacks.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "MetricAverage"]
     history = trainer.fit()
@@ -55,6 +59,7 @@ def main() -> None:
         "global_step": trainer.ctx.global_step, "epoch": trainer.ctx.epoch, "history": history,
         "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
         "resumed_from": trainer.ctx.resumed_from,
+        "scale": trainer.precision.scaler.get_scale() if trainer.precision.scaler else None,
         "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist(),
     })
 

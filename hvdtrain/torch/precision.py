@@ -1,0 +1,65 @@
+"""Mixed precision for the PyTorch Trainer: autocast, and for float16 a GradScaler in Horovod's order."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+_DTYPES = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class MixedPrecision:
+    """Autocast for the forward pass; loss scaling for float16.
+
+    The float16 step runs in the order a Horovod optimizer needs: scaled backward,
+    ``optimizer.synchronize()`` (the allreduce of the scaled gradients), ``unscale_``, clip,
+    ``scaler.step`` without a second synchronization, ``scaler.update``. Every rank unscales the same
+    averaged gradients, so an overflowing step is skipped, and the scale lowered, on every rank alike.
+
+    Args:
+        precision: "32", "bf16-mixed" or "16-mixed".
+        device: where the model runs (autocast and the scaler are per device type).
+    """
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        if precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {list(_DTYPES)} (got {precision!r})")
+        self.precision = precision
+        self.device_type = device.type
+        self.dtype = _DTYPES[precision]
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """The forward pass and the loss, in the lower precision where autocast deems it safe."""
+        if self.dtype is None:
+            yield
+            return
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the (already synchronized) gradients true gradients again, before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the gradients (skipped by the scaler if they overflowed), with no second allreduce."""
+        with optimizer.skip_synchronize():
+            if self.scaler is None:
+                optimizer.step()
+                return
+            self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
