@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from hvdtrain.datasets import digits
 
     backend = htf.init()  # before any model: it sizes TensorFlow's thread pools
+    htf.set_precision(args.options.precision)  # before any model: Keras fixes each layer's dtype policy
     keras.utils.set_random_seed(args.seed)
     (x_train, y_train), val = digits(args.seed)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),

@@ -11,11 +11,12 @@ from hvdtrain.tensorflow.backend import HorovodBackend, SerialBackend, init
 from hvdtrain.tensorflow.data import ShardedArrays, shard_dataset
 from hvdtrain.tensorflow.keras_fit import KerasBridge, fit
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, GradientReducer, ScaledSchedule, is_distributed
+from hvdtrain.tensorflow.precision import set_precision
 from hvdtrain.tensorflow.step import make_train_step
 from hvdtrain.tensorflow.trainer import Trainer, accuracy
 
 __all__ = [
     "DistributedOptimizer", "GradientReducer", "HorovodBackend", "KerasBridge", "ScaledSchedule", "SerialBackend",
     "ShardedArrays", "TensorFlowAdapter", "Trainer", "TrainingOptions", "accuracy", "broadcast_state", "fit",
-    "init", "is_distributed", "make_train_step", "shard_dataset",
+    "init", "is_distributed", "make_train_step", "set_precision", "shard_dataset",
 ]

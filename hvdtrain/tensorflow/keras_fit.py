@@ -18,6 +18,7 @@ from hvdtrain.core.progress import StepOutcome
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, contiguous_shard, take
 from hvdtrain.tensorflow.optimizer import is_distributed
+from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.trainer import distributed_optimizer
 
 log = logging.getLogger("hvdtrain")
@@ -228,6 +229,8 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
 def _prepare_model(model: keras.Model, backend: Backend, o: TrainingOptions) -> None:
     if getattr(model, "optimizer", None) is None:
         raise ValueError("compile the model first: model.compile(optimizer=..., loss=..., metrics=[...])")
+    check_model_precision(model, o.precision)
+    model.optimizer = with_loss_scaling(model.optimizer, o.precision)
     if not is_distributed(model.optimizer):
         distributed_optimizer(model.optimizer, backend, o)
         model.train_function = None  # a cached train step would bypass the allreduce

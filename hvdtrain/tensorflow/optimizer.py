@@ -83,6 +83,11 @@ class _DistributedOptimizer:
     def backward_passes_per_step(self) -> int:
         return self._hvd_passes
 
+    @property
+    def gradient_clip_norm(self) -> float | None:
+        """The global norm the combined gradients are clipped to here (None: not clipped here)."""
+        return self._hvd_clip_norm
+
     def build(self, variables: Sequence[Any]) -> None:
         super().build(variables)
         self._hvd_add_accumulators(list(variables))
@@ -211,6 +216,14 @@ class _DistributedOptimizer:
         return [self._hvd_accumulators[self._get_variable_index(v)] for v in variables]
 
 
+def _clip_here(optimizer: keras.optimizers.Optimizer, clip_norm: float | None) -> float | None:
+    """Gradients are clipped after the reduction; a loss-scaled optimizer's inner one clips the unscaled ones."""
+    if clip_norm is not None and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer.inner_optimizer.global_clipnorm = clip_norm
+        return None
+    return clip_norm
+
+
 def _clipped(grads: list[Any], clip_norm: float | None) -> list[Any]:
     if clip_norm is None:
         return grads
@@ -271,7 +284,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any 
     optimizer._hvd_reducer = reducer
     optimizer._hvd_backend = backend
     optimizer._hvd_passes = backward_passes_per_step
-    optimizer._hvd_clip_norm = clip_norm
+    optimizer._hvd_clip_norm = _clip_here(optimizer, clip_norm)
     if optimizer.built:
         optimizer._hvd_add_accumulators(list(optimizer._trainable_variables))
     return optimizer

@@ -46,10 +46,12 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, l
     def step(x: Any, y: Any) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = batch_loss(model, loss_fn, y, model(x, training=True))
+            # A distributed optimizer notes here whether the loss is finite (a non-finite loss on any
+            # rank skips the update on every rank); a LossScaleOptimizer scales it for float16.
+            scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = tape.gradient(scaled, variables)
         if distributed:
-            optimizer.note_loss(loss)  # a non-finite loss on any rank skips this update on every rank
             optimizer.apply(grads, variables)
         else:
             optimizer.apply(reducer.reduce(grads, backend), variables)
@@ -79,15 +81,13 @@ class TrainerSteps:
         optimizer: a ``DistributedOptimizer``.
         loss_fn: ``loss_fn(y_true, y_pred)``.
         metrics: ``{name: fn(y_true, y_pred) -> batch mean}``.
-        grad_clip_norm: clip the averaged gradients to this global norm.
         signature: ``(x_spec, y_spec)`` of a batch.
     """
 
     def __init__(self, model: keras.Model, optimizer: Any, loss_fn: LossFn, metrics: Mapping[str, LossFn],
-                 grad_clip_norm: float | None, signature: tuple[Any, Any]) -> None:
+                 signature: tuple[Any, Any]) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.metrics = dict(metrics)
-        self.grad_clip_norm = grad_clip_norm
         self.passes = optimizer.backward_passes_per_step
         weight = tf.TensorSpec((), tf.float64)
         self.accumulate = tf.function(self._accumulate, input_signature=[*signature, weight])
@@ -98,10 +98,9 @@ class TrainerSteps:
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             loss = batch_loss(self.model, self.loss_fn, y, y_pred)
-            scaled = loss * tf.cast(weight, loss.dtype)
+            scaled = self.optimizer.scale_loss(loss * tf.cast(weight, loss.dtype))  # notes a non-finite loss
         grads = tape.gradient(scaled, self.model.trainable_variables)
         values = [tf.reduce_mean(fn(y, y_pred)) for fn in self.metrics.values()]
-        self.optimizer.note_loss(loss)
         return loss, grads, values
 
     def _accumulate(self, x: Any, y: Any, weight: tf.Tensor) -> tuple[tf.Tensor, list[Any]]:
@@ -114,7 +113,7 @@ class TrainerSteps:
         variables = self.model.trainable_variables
         if self.passes > 1:
             grads = self.optimizer.accumulated_gradients(grads, variables, 1.0)
-        bad_rank = self.optimizer.reduce_and_apply(grads, variables, self.grad_clip_norm)
+        bad_rank = self.optimizer.reduce_and_apply(grads, variables, self.optimizer.gradient_clip_norm)
         return loss, values, bad_rank
 
     def _evaluate(self, x: Any, y: Any) -> list[tf.Tensor]:

@@ -17,6 +17,7 @@ from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, build_optimizer
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, batch_signature, num_samples, take
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
+from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.step import LossFn, TrainerSteps
 
 
@@ -63,15 +64,15 @@ class Trainer(EpochLoop):
         self.backend = backend
         self.adapter = TensorFlowAdapter(backend)
         self.model = model
-        self.optimizer = distributed_optimizer(optimizer, backend, o)
+        check_model_precision(model, o.precision)
+        self.optimizer = distributed_optimizer(with_loss_scaling(optimizer, o.precision), backend, o)
         self.accumulation = self.optimizer.backward_passes_per_step
         build_optimizer(self.optimizer, _built(model))
         self.metrics = dict(metrics or {})
         self.train = ShardedArrays(_pair(train_data, "train_data"), o.batch_size, backend.rank, backend.size,
                                    shuffle=True, seed=o.seed)
         self.val_data = None if val_data is None else self._like_train(_pair(val_data, "val_data"))
-        self.steps = TrainerSteps(model, self.optimizer, loss_fn, self.metrics, o.grad_clip_norm,
-                                  batch_signature(self.train.arrays))
+        self.steps = TrainerSteps(model, self.optimizer, loss_fn, self.metrics, batch_signature(self.train.arrays))
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)

@@ -45,3 +45,13 @@ def test_example_rejects_bad_flags_with_the_fix(example):
                           text=True, timeout=60)
     assert proc.returncode != 0
     assert "--epochs must be >= 1 (got 0)" in proc.stderr
+
+
+@pytest.mark.parametrize(("example", "precision"), [("keras_digits.py", "16-mixed"),
+                                                    ("tensorflow_digits.py", "bf16-mixed")])
+def test_digits_example_reaches_95_percent_in_mixed_precision(tmp_path, example, precision):
+    proc = run_workers(REPO / "examples" / example, ["--epochs", str(EPOCHS), "--output-dir", str(tmp_path),
+                                                     "--precision", precision, "--no-progress"], timeout=300)
+    found = re.search(rf"final val_accuracy=([0-9.]+) after {EPOCHS} epochs on 2 workers", proc.stdout)
+    assert found, proc.stdout[-3000:]
+    assert float(found[1]) >= 0.95

@@ -53,6 +53,7 @@ def main() -> None:
     import hvdtrain.tensorflow as htf
 
     backend = htf.init()  # before building the model: it sizes TensorFlow's thread pools
+    htf.set_precision(options.precision)  # before building the model: "32", "bf16-mixed" or "16-mixed"
     keras.utils.set_random_seed(options.seed)
     (x_train, y_train), val = load_data(options.seed)
     model = build_model()
