@@ -121,6 +121,22 @@ def environment_problems(mpirun: str | None, horovodrun: str | None, is_root: bo
     return problems
 
 
+def gpu_problems(gpus: Mapping[str, Any], tensor_operations: Mapping[str, bool]) -> list[Problem]:
+    """GPUs that Horovod cannot use at full speed: without NCCL, every allreduce goes through host memory.
+
+    Args:
+        gpus: ``{"count": n, ...}`` as the doctor's torch probe reports it.
+        tensor_operations: Horovod's tensor operations (``{"nccl": bool, ...}``).
+    """
+    count = int(gpus.get("count") or 0)
+    if count == 0 or tensor_operations.get("nccl"):
+        return []
+    return [Problem("warning", f"this machine has {count} GPU{'s' * (count != 1)} but Horovod was built without "
+                               "NCCL: gradients would be copied to the CPU and reduced over MPI or Gloo",
+                    f"{REBUILD} on this machine: it builds Horovod with HOROVOD_GPU_OPERATIONS=NCCL when it "
+                    "finds a GPU")]
+
+
 def requirement_problems(require: list[str], report: Mapping[str, Any]) -> list[Problem]:
     """Each name of ``--require`` that this installation does not provide.
 

@@ -21,6 +21,7 @@ from hvdtrain.launcher.checks import (
     build_key_problems,
     environment_problems,
     extension_problems,
+    gpu_problems,
     missing_horovod_problem,
     requirement_problems,
     version_problems,
@@ -42,6 +43,15 @@ with warnings.catch_warnings(record=True) as caught:
     built = {{flag: bool(getattr(hvd, flag + "_built")()) for flag in {flags!r}}}
 messages = [str(w.message) for w in caught if "horovod" in str(w.filename)]
 result = {{"built": built, "warnings": messages, "framework_version": framework.__version__}}
+if "{module}" == "torch":
+    cuda = framework.cuda.is_available()
+    result["gpus"] = {{
+        "count": framework.cuda.device_count() if cuda else 0,
+        "names": [framework.cuda.get_device_name(i) for i in range(framework.cuda.device_count())] if cuda else [],
+        "cuda": framework.version.cuda,
+        "cudnn": framework.backends.cudnn.version() if cuda else None,
+        "nccl": ".".join(map(str, framework.cuda.nccl.version())) if cuda else None,
+    }}
 print({tag!r} + json.dumps(result), flush=True)
 """
 
@@ -181,6 +191,7 @@ def collect(require: list[str] | None = None) -> dict[str, Any]:
         "launchers": launchers,
         "horovod": {"installed": versions["horovod"] is not None, "built_against": recorded,
                     "build_key": build_key, "extensions": extensions, **build_summary(extensions)},
+        "gpus": extensions.get("torch", {}).get("gpus") or {"count": 0, "names": []},
     }
     problems = []
     if not versions["horovod"]:
@@ -190,10 +201,20 @@ def collect(require: list[str] | None = None) -> dict[str, Any]:
     problems += extension_problems(extensions, versions)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     problems += environment_problems(launchers["mpirun"], launchers["horovodrun"], is_root, os.environ)
+    problems += gpu_problems(report["gpus"], report["horovod"].get("tensor_operations", {}))
     problems += requirement_problems(require or [], report)
     report["problems"] = [problem.as_dict() for problem in problems]
     report["ok"] = not any(problem.severity == "error" for problem in problems)
     return report
+
+
+def _gpu_line(gpus: dict[str, Any]) -> str:
+    if not gpus.get("count"):
+        return "none visible to torch"
+    names = sorted(set(gpus["names"]))
+    libraries = ", ".join(f"{name} {gpus[key]}" for name, key in (("CUDA", "cuda"), ("cuDNN", "cudnn"),
+                                                                  ("NCCL", "nccl")) if gpus.get(key))
+    return f"{gpus['count']} x {' / '.join(names)} ({libraries})"
 
 
 def _mark(flag: bool) -> str:
@@ -216,6 +237,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("horovodrun", report["launchers"]["horovodrun"]),
     ]
     lines = ["Versions"] + [f"  {name:<11} {value or 'not installed'}" for name, value in rows]
+    lines.append(f"  {'GPUs':<11} {_gpu_line(report['gpus'])}")
     if horovod["installed"]:
         titles = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
         lines += [

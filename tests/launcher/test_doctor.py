@@ -133,19 +133,24 @@ def test_real_installation_loads_both_extensions(report):
     assert report["versions"]["openmpi"].startswith("Open MPI ")
     text = format_report(report)
     assert "[X] PyTorch  [X] TensorFlow" in text and "[X] MPI  [X] Gloo" in text
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert report["gpus"]["count"] == gpus
+    assert ("GPUs        none visible to torch" in text) == (gpus == 0)
 
 
 def test_doctor_json_structure_and_require_nccl_fails_on_a_cpu_build():
     proc = hvdtrain("doctor", "--json")
     assert proc.returncode == 0, explain(proc)
     report = json.loads(proc.stdout)
-    assert set(report) == {"versions", "python_executable", "launchers", "horovod", "problems", "ok"}
+    assert set(report) == {"versions", "python_executable", "launchers", "horovod", "gpus", "problems", "ok"}
+    assert set(report["gpus"]) >= {"count", "names"}
     assert set(report["versions"]) == {"python", "hvdtrain", "horovod", "torch", "tensorflow", "openmpi", "mpi4py"}
     assert set(report["horovod"]) >= {"installed", "built_against", "build_key", "extensions", "frameworks",
                                       "controllers", "tensor_operations"}
     assert set(report["horovod"]["tensor_operations"]) == {"nccl", "ddl", "ccl", "mpi", "gloo"}
-    for probe in report["horovod"]["extensions"].values():
-        assert set(probe) == {"loads", "error", "built", "warnings", "framework_version"}
+    for name, probe in report["horovod"]["extensions"].items():
+        gpus = {"gpus"} if name == "torch" else set()
+        assert set(probe) == {"loads", "error", "built", "warnings", "framework_version"} | gpus
     for problem in report["problems"]:
         assert set(problem) == {"severity", "message", "fix"}
     if not report["horovod"]["tensor_operations"]["nccl"]:
@@ -201,3 +206,14 @@ def test_a_torch_extension_that_does_not_load_is_an_error_not_a_crash(tmp_path):
     assert any(p["message"].startswith("horovod.torch fails to load: ") and p["severity"] == "error"
                for p in report["problems"])
     assert "NOT OK" in format_report(report)
+
+
+def test_gpus_without_nccl_warn_with_the_rebuild():
+    from hvdtrain.launcher.checks import gpu_problems
+
+    problems = gpu_problems({"count": 8}, {"nccl": False, "mpi": True})
+    assert [p.severity for p in problems] == ["warning"]
+    assert problems[0].message.startswith("this machine has 8 GPUs but Horovod was built without NCCL")
+    assert "HOROVOD_GPU_OPERATIONS=NCCL" in problems[0].fix
+    assert gpu_problems({"count": 8}, {"nccl": True}) == []
+    assert gpu_problems({"count": 0}, {"nccl": False}) == []
