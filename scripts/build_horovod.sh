@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Build Horovod from the PyPI sdist against the torch and TensorFlow installed
-# in $PYTHON's environment, install it, and cache the wheel.
+# Build Horovod from the PyPI sdist against the frameworks (torch, TensorFlow, or
+# both) installed in $PYTHON's environment, install it, and cache the wheel.
+# With an NVIDIA GPU and a CUDA build of torch it builds with NCCL.
 #
 # Horovod 0.28.1 (its last release) no longer builds against current
-# frameworks as shipped; the patches below are the minimum that makes it build.
-# Each one fails loudly if its target text is gone, so a new Horovod release
-# cannot be silently mis-patched.
+# frameworks and toolchains as shipped; the patches and settings below are the
+# minimum that makes it build, each with its reason. Each patch fails loudly if
+# its target text is gone, so a new Horovod release cannot be silently mis-patched.
 #
 # Environment:
 #   PYTHON                 interpreter of the target environment (default: python)
 #   HOROVOD_VERSION        sdist version to build (default: 0.28.1)
-#   HOROVOD_GPU_OPERATIONS e.g. NCCL for GPU images (passed through to the build)
-#   HVDTRAIN_CACHE_DIR     wheel cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdtrain)
+#   HOROVOD_SDIST          a local horovod-VERSION.tar.gz, for machines without internet
+#                          (default: the cached copy, else a download from PyPI)
+#   HOROVOD_GPU_OPERATIONS NCCL or none (default: NCCL when nvidia-smi lists a GPU and torch has CUDA)
+#   HOROVOD_NCCL_INCLUDE, HOROVOD_NCCL_LIB  NCCL to build against (default: the nvidia-nccl wheel's)
+#   HVDTRAIN_CACHE_DIR     wheel and sdist cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdtrain)
 #   MAKEFLAGS              build parallelism (default: -j$(nproc))
 set -euo pipefail
 
@@ -22,9 +26,13 @@ CACHE_ROOT=${HVDTRAIN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdtrain}
 log() { printf '[build_horovod] %s\n' "$*" >&2; }
 die() { printf '[build_horovod] ERROR: %s\n' "$*" >&2; exit 1; }
 
-framework_version() {
-  "$PYTHON" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null \
-    || die "$1 is not installed in $("$PYTHON" -c 'import sys; print(sys.prefix)'); install it before building Horovod"
+# installed_version DIST...: the first installed distribution's version, or "none".
+installed_version() {
+  local dist
+  for dist in "$@"; do
+    "$PYTHON" -c "import importlib.metadata as m; print(m.version('$dist'))" 2>/dev/null && return
+  done
+  echo none
 }
 
 # replace_once FILE OLD NEW WHY: replace the exact line OLD by NEW, or fail.
@@ -55,15 +63,82 @@ apply_patches() {
     "optional XLA ops do not compile against TF 2.21"
 }
 
-TORCH_VERSION=$(framework_version torch)
-TF_VERSION=$(framework_version tensorflow-cpu 2>/dev/null || framework_version tensorflow)
+# The GPU operations: NCCL where there is an NVIDIA GPU and torch was built with CUDA.
+gpu_operations() {
+  if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then echo "$HOROVOD_GPU_OPERATIONS"; return; fi
+  if nvidia-smi -L 2>/dev/null | grep -q '^GPU ' \
+      && "$PYTHON" -c 'import sys, torch; sys.exit(torch.version.cuda is None)' 2>/dev/null; then
+    echo NCCL
+  else
+    echo none
+  fi
+}
+
+# NCCL from the nvidia-nccl-cu* wheel that CUDA builds of torch depend on: its include/ dir, and a
+# lib dir holding the libnccl.so link that the linker looks for (the wheel ships only libnccl.so.2).
+configure_nccl() {
+  local work=$1 root
+  if [ -n "${HOROVOD_NCCL_INCLUDE:-}${HOROVOD_NCCL_HOME:-}" ]; then return; fi
+  root=$("$PYTHON" -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null) \
+    || die "NCCL not found: install the nvidia-nccl-cu12/-cu13 wheel matching torch's CUDA, or set HOROVOD_NCCL_HOME"
+  mkdir -p "$work/nccl-lib"
+  ln -sf "$root/lib/libnccl.so.2" "$work/nccl-lib/libnccl.so"
+  export HOROVOD_NCCL_INCLUDE="$root/include" HOROVOD_NCCL_LIB="$work/nccl-lib" HOROVOD_NCCL_LINK=SHARED
+  log "NCCL from $root (include/, libnccl.so -> libnccl.so.2)"
+}
+
+# Compute capabilities of the GPUs present (9.0 -> 90), so only those are compiled.
+export_cuda_cc_list() {
+  local list
+  list=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '. ' | sort -u | paste -sd, -)
+  [ -n "$list" ] && export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-$list}
+  return 0
+}
+
+# Settings current toolchains need; each says why.
+configure_toolchain() {
+  local gcc_major cmake_major
+  gcc_major=$(g++ -dumpversion 2>/dev/null | cut -d. -f1)
+  if [ "${gcc_major:-0}" -ge 13 ]; then  # GCC 13 no longer includes these transitively; Horovod's sources rely on it
+    export CXXFLAGS="${CXXFLAGS:-} -include string -include cstdint -include stdexcept -include limits -include memory"
+    log "GCC $gcc_major: adding the standard includes Horovod's sources miss"
+  fi
+  cmake_major=$(cmake --version | head -1 | grep -oE '[0-9]+' | head -1)
+  if [ "${cmake_major:-0}" -ge 4 ]; then  # CMake 4 rejects gloo's cmake_minimum_required below 3.5
+    export CMAKE_POLICY_VERSION_MINIMUM=3.5
+    log "CMake $cmake_major: CMAKE_POLICY_VERSION_MINIMUM=3.5"
+  fi
+  "$PYTHON" -c 'import cffi' 2>/dev/null || "$PYTHON" -m pip install --quiet cffi \
+    || die "cffi (a build requirement of Horovod) is missing and could not be installed; carry its wheel"
+}
+
+# The sdist: HOROVOD_SDIST, else the cached copy, else PyPI (then cached for offline rebuilds).
+fetch_sdist() {
+  local work=$1 cached="$CACHE_ROOT/sdist/horovod-$HOROVOD_VERSION.tar.gz"
+  if [ -n "${HOROVOD_SDIST:-}" ]; then cp "$HOROVOD_SDIST" "$work/"; return; fi
+  if [ ! -f "$cached" ]; then
+    "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" \
+      || die "could not download horovod==$HOROVOD_VERSION; without internet, pass HOROVOD_SDIST=path/to/the/sdist"
+    mkdir -p "$(dirname "$cached")" && cp "$work/horovod-$HOROVOD_VERSION.tar.gz" "$cached"
+  fi
+  cp "$cached" "$work/"
+}
+
+TORCH_VERSION=$(installed_version torch)
+TF_VERSION=$(installed_version tensorflow-cpu tensorflow)
+[ "$TORCH_VERSION$TF_VERSION" = nonenone ] && die "neither torch nor TensorFlow is installed in $("$PYTHON" -c 'import sys; print(sys.prefix)'); install one before building Horovod"
+GPU_OPS=$(gpu_operations)
 PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-KEY="horovod-${HOROVOD_VERSION}_torch-${TORCH_VERSION}_tf-${TF_VERSION}_py-${PY_VERSION}_gpu-${HOROVOD_GPU_OPERATIONS:-none}"
+KEY="horovod-${HOROVOD_VERSION}_torch-${TORCH_VERSION}_tf-${TF_VERSION}_py-${PY_VERSION}_gpu-${GPU_OPS}"
+MODULES=()
+[ "$TORCH_VERSION" != none ] && MODULES+=(horovod.torch)
+[ "$TF_VERSION" != none ] && MODULES+=(horovod.tensorflow)
+IMPORTS=$(IFS=,; echo "${MODULES[*]}")
 WHEEL_DIR="$CACHE_ROOT/wheels/$KEY"
 # Records which build is installed in this environment (hvdtrain doctor reads it too).
 MARKER="$("$PYTHON" -c 'import sys; print(sys.prefix)')/hvdtrain-horovod-build.txt"
 
-if [ "$(cat "$MARKER" 2>/dev/null)" = "$KEY" ] && "$PYTHON" -c "import horovod.torch, horovod.tensorflow" 2>/dev/null; then
+if [ "$(cat "$MARKER" 2>/dev/null)" = "$KEY" ] && "$PYTHON" -c "import $IMPORTS" 2>/dev/null; then
   log "Horovod $KEY is already installed"
   exit 0
 fi
@@ -73,12 +148,20 @@ if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
   command -v mpicxx >/dev/null || die "mpicxx not found; install Open MPI (apt-get install openmpi-bin libopenmpi-dev)"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  log "building $KEY (takes ~8 minutes on 2 cores)"
-  "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work"
+  log "building $KEY (takes ~8 minutes on 2 cores, ~2.5 minutes on 16)"
+  fetch_sdist "$work"
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   apply_patches "$work/horovod-$HOROVOD_VERSION"
-  HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-  HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
+  configure_toolchain
+  # Build for the frameworks that are installed, and say so explicitly (a missing one is skipped, not an error).
+  if [ "$TORCH_VERSION" != none ]; then export HOROVOD_WITH_PYTORCH=1; else export HOROVOD_WITHOUT_PYTORCH=1; fi
+  if [ "$TF_VERSION" != none ]; then export HOROVOD_WITH_TENSORFLOW=1; else export HOROVOD_WITHOUT_TENSORFLOW=1; fi
+  if [ "$GPU_OPS" != none ]; then
+    export HOROVOD_GPU_OPERATIONS=$GPU_OPS
+    [ "$GPU_OPS" = NCCL ] && configure_nccl "$work"
+    export_cuda_cc_list
+  fi
+  HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
     "$PYTHON" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" "$work/horovod-$HOROVOD_VERSION"
   mkdir -p "$WHEEL_DIR.tmp" && cp "$work"/dist/horovod-*.whl "$WHEEL_DIR.tmp/"
   rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
@@ -87,6 +170,8 @@ else
   log "using cached wheel $WHEEL_DIR"
 fi
 "$PYTHON" -m pip install --quiet --force-reinstall --no-deps "$WHEEL_DIR"/horovod-*.whl
-"$PYTHON" -m pip install --quiet cloudpickle psutil pyyaml packaging
+# Horovod's run-time needs; installed only where missing, so an offline machine that has them is fine.
+"$PYTHON" -c 'import cloudpickle, psutil, yaml, packaging' 2>/dev/null \
+  || "$PYTHON" -m pip install --quiet cloudpickle psutil pyyaml packaging
 echo "$KEY" > "$MARKER"
 log "installed Horovod $HOROVOD_VERSION ($KEY)"

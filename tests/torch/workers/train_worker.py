@@ -16,7 +16,7 @@ def make_tensors(seed: int, n: int = 300):
 
 
 def param_digest(model: nn.Module) -> tuple[str, list[float]]:
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
     return hashlib.sha256(flat.numpy().tobytes()).hexdigest(), flat[:5].tolist()
 
 
@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--no-metric-average", action="store_true")
     p.add_argument("--precision", default="32")
     p.add_argument("--init-scale", type=float, help="the fp16 loss scaler's first scale")
+    p.add_argument("--device", help="default: cuda:<local_rank> with CUDA, else cpu")
     args = p.parse_args()
 
     backend = ht.init()
@@ -47,9 +48,10 @@ def main() -> None:
                          callbacks=callbacks, warmup_epochs=args.warmup_epochs,
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
                          resume=args.resume, monitor="plateau" if args.patience else "val_loss",
-                         early_stopping_patience=args.patience, progress=False, precision=args.precision)
+                         early_stopping_patience=args.patience, progress=False, precision=args.precision,
+                         device=args.device)
     if args.init_scale:
-        trainer.precision.scaler = torch.amp.GradScaler("cpu", init_scale=args.init_scale)
+        trainer.precision.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=args.init_scale)
     if args.no_metric_average:
         trainer.callbacks.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "MetricAverage"]
     history = trainer.fit()
@@ -60,7 +62,8 @@ def main() -> None:
         "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
         "resumed_from": trainer.ctx.resumed_from,
         "scale": trainer.precision.scaler.get_scale() if trainer.precision.scaler else None,
-        "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist(),
+        "devices": sorted({str(p.device) for p in model.parameters()}),
+        "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().tolist(),
     })
 
 
