@@ -13,7 +13,8 @@ class ProgressBar(Callback):
     """Shows one bar per epoch with the running loss, then the epoch's metrics.
 
     Args:
-        refresh_every_n_steps: how often to read the loss into the bar.
+        refresh_every_n_steps: how often, in batches, to read the loss into the bar (a read from the
+            device, so not every batch).
     """
 
     order = Order.LOGGING
@@ -34,7 +35,7 @@ class ProgressBar(Callback):
         if self._bar is None:
             return
         self._bar.update(1)
-        if ctx.global_step % self.refresh_every_n_steps == 0 and "loss" in ctx.logs:
+        if ctx.progress.micro_batches % self.refresh_every_n_steps == 0 and "loss" in ctx.logs:
             self._bar.set_postfix(loss=f"{float(ctx.logs['loss']):.4f}", refresh=False)
 
     @rank_zero_only
