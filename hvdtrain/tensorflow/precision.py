@@ -8,7 +8,7 @@ import keras
 from hvdtrain.tensorflow.optimizer import is_distributed
 
 POLICIES = {"32": "float32", "bf16-mixed": "mixed_bfloat16", "16-mixed": "mixed_float16"}
-_COMPUTE_DTYPES = {"32": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+_COMPUTE_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
 
 def set_precision(precision: str) -> None:
@@ -22,7 +22,12 @@ def set_precision(precision: str) -> None:
 
 
 def check_model_precision(model: keras.Model, precision: str) -> None:
-    """Raise, with the fix, unless ``model`` computes in the dtype that ``precision`` asks for."""
+    """Raise, with the fix, unless ``model`` computes in the dtype that a mixed ``precision`` asks for.
+
+    "32" takes the model as built (float32, or float64 for numerics).
+    """
+    if precision == "32":
+        return
     expected = _COMPUTE_DTYPES[precision]
     actual = getattr(model, "compute_dtype", "float32")
     if actual != expected:
