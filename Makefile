@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NP ?= 2
 
-.PHONY: setup test unit parallel lint demo bench clean doctor
+.PHONY: setup test unit parallel lint demo bench clean doctor slurm-up slurm-down
 
 setup:  ## system packages (as root), venv, frameworks, Horovod (cached build), hvdtrain
 	bash scripts/install_system_deps.sh
@@ -36,6 +36,12 @@ doctor:
 
 bench:  ## throughput benchmarks; writes docs/performance.md and docs/performance.png
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
+
+slurm-up:  ## as root: a real one-node Slurm on this host (installs slurm-wlm and munge if missing)
+	bash scripts/slurm_local.sh up
+
+slurm-down:  ## stop exactly the Slurm daemons `make slurm-up` started
+	bash scripts/slurm_local.sh down
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
