@@ -98,7 +98,12 @@ node_name() { sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$CONF" | head -n 1; }
 
 munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
-record() { echo "$1 $2" >> "$STARTED"; say "started $1 (pid $2)"; }
+# record NAME PID: remember that `up` started NAME (replacing an older record of a NAME that died).
+record() {
+  { grep -v "^$1 " "$STARTED" 2>/dev/null || true; echo "$1 $2"; } > "$STARTED.new"
+  mv "$STARTED.new" "$STARTED"
+  say "started $1 (pid $2)"
+}
 
 start_munge() {
   if munge_works; then
@@ -144,6 +149,14 @@ node_state() { sinfo -h -N -n "$(node_name)" -o %T 2>/dev/null | head -n 1; }
 
 node_usable() { case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac; }
 
+# A node left down or drained by an earlier run (e.g. slurmd killed with jobs on it) is put back.
+resume_node() {
+  case "$(node_state)" in
+    down*|drain*|fail*) say "node $(node_name) is $(node_state); resuming it"
+                        scontrol update NodeName="$(node_name)" State=RESUME || true ;;
+  esac
+}
+
 up() {
   need_root up
   local began=$SECONDS
@@ -157,6 +170,8 @@ up() {
   start_munge
   start_daemon slurmctld "$STATE/slurmctld.pid" slurmctld -i
   start_daemon slurmd "$STATE/slurmd.pid" slurmd
+  wait_for "slurmctld to answer" "scontrol ping >/dev/null 2>&1" 15
+  resume_node
   wait_for "node $(node_name) to become idle (sinfo shows: \$(node_state))" node_usable "$WAIT_SECONDS"
   sinfo
   say "up in $((SECONDS - began)) s; stop it with: make slurm-down"
