@@ -26,9 +26,12 @@ need_root() {
   [ "$(id -u)" -eq 0 ] || die "run as root (sudo make slurm-$1): it installs packages and starts system daemons"
 }
 
-# True when process $1 is alive and its command name is $2 (a recycled PID does not count).
+# True when process $1 is alive (not a zombie) and its command name is $2 (a recycled PID does not count).
 alive() {
-  [ -n "$1" ] && [ -r "/proc/$1/comm" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
+  local stat
+  stat=$(cat "/proc/${1:-none}/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
 }
 
 install_missing() {
