@@ -26,12 +26,26 @@ need_root() {
   [ "$(id -u)" -eq 0 ] || die "run as root (sudo make slurm-$1): it installs packages and starts system daemons"
 }
 
-# True when process $1 is alive (not a zombie) and its command name is $2 (a recycled PID does not count).
+# True when process $1 runs and its command name is $2 (a recycled PID does not count). A process
+# counts until its last thread has exited: a daemon's main thread may end before its others do.
 alive() {
-  local stat
-  stat=$(cat "/proc/${1:-none}/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
+  [ "$(cat "/proc/${1:-none}/comm" 2>/dev/null)" = "$2" ] || return 1
+  local task stat
+  for task in /proc/"$1"/task/*; do
+    stat=$(cat "$task/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    [ "${stat%% *}" = Z ] || return 0
+  done
+  return 1
+}
+
+# The PID of a running process named $1 (zombies aside), if any.
+running_pid() {
+  local pid
+  for pid in $(pgrep -x "$1"); do
+    if alive "$pid" "$1"; then echo "$pid"; return 0; fi
+  done
+  return 1
 }
 
 install_missing() {
@@ -108,9 +122,15 @@ record() {
   say "started $1 (pid $2)"
 }
 
+recorded_pid() { sed -n "s/^$1 //p" "$STARTED" 2>/dev/null | head -n 1; }
+
 start_munge() {
   if munge_works; then
-    say "munged is already running; using it (not started here, so not stopped by down)"
+    if alive "$(recorded_pid munged)" munged; then
+      say "munged is already running (pid $(recorded_pid munged), started by this script)"
+    else
+      say "munged is already running; using it (not started by this script, so down leaves it)"
+    fi
     return 0
   fi
   if [ ! -s /etc/munge/munge.key ]; then
@@ -129,8 +149,9 @@ start_daemon() {
     say "$name is already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  if pgrep -x "$name" >/dev/null; then
-    die "a $name not started by this script is running (pid $(pgrep -x "$name" | head -n 1));" \
+  local other
+  if other=$(running_pid "$name"); then
+    die "a $name not started by this script is running (pid $other);" \
         "stop it first, or use the cluster it belongs to"
   fi
   rm -f "$pidfile"
