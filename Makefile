@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOROVODRUN ?= $(VENV)/bin/horovodrun
 NP ?= 2
 
-.PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu clean doctor
+.PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu clean doctor slurm-up slurm-down
 
 setup:  ## system packages (as root), venv, frameworks, Horovod (cached build), hvdtrain
 	bash scripts/install_system_deps.sh
@@ -43,6 +43,12 @@ bench:  ## throughput benchmarks; writes docs/performance.md and docs/performanc
 
 bench-gpu:  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md
 	$(HOROVODRUN) -np 1 $(PY) -m benchmarks.gpu
+
+slurm-up:  ## as root: a real one-node Slurm on this host (installs slurm-wlm and munge if missing)
+	bash scripts/slurm_local.sh up
+
+slurm-down:  ## stop exactly the Slurm daemons `make slurm-up` started
+	bash scripts/slurm_local.sh down
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -3,7 +3,7 @@
     hvdtrain run -np 4 train.py --epochs 10
     hvdtrain run --config run.yaml -H node1:4,node2:4 train.py
     hvdtrain doctor --require torch,mpi
-    hvdtrain new vision-team --framework pytorch
+    hvdtrain new vision-team --framework pytorch --nodes 2 --gpus-per-node 4
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hvdtrain.launcher.cluster import CPU_WORKERS_PER_NODE
 from hvdtrain.launcher.config import CONTROLLERS, LAUNCHERS, LOG_LEVELS, coerce
 from hvdtrain.launcher.errors import LaunchError
 
@@ -79,6 +80,12 @@ def _build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="project name: lower-case letters, digits and dashes")
     new.add_argument("--framework", choices=("pytorch", "tensorflow"), default="pytorch")
     new.add_argument("--directory", metavar="DIR", help="where to create it (default: ./NAME)")
+    shape = new.add_argument_group("cluster shape (sizes slurm/train.sbatch and k8s/mpijob.yaml)")
+    shape.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes per job (default 1)")
+    shape.add_argument("--gpus-per-node", type=int, default=0, metavar="G",
+                       help="GPUs per node, one worker each; 0 for CPU clusters (default 0)")
+    shape.add_argument("--workers-per-node", type=int, metavar="W",
+                       help=f"workers per node on CPU clusters (default {CPU_WORKERS_PER_NODE})")
     return parser
 
 
@@ -119,14 +126,18 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> int:
+    from hvdtrain.launcher.cluster import ClusterShape
     from hvdtrain.launcher.scaffold import ScaffoldError, create_project
 
     try:
-        target = create_project(args.name, args.framework, args.directory)
+        shape = ClusterShape(args.nodes, args.gpus_per_node, args.workers_per_node)
+        target = create_project(args.name, args.framework, args.directory, shape)
     except ScaffoldError as err:
         raise LaunchError(str(err)) from err
-    print(f"created {args.framework} project {args.name!r} in {target}\n"
-          f"next: cd {target} && hvdtrain run --config run.yaml train.py")
+    print(f"created {args.framework} project {args.name!r} in {target} for {shape.describe()}\n"
+          f"next: cd {target} && make train        (2 workers on this machine)\n"
+          f"  or: sbatch {target}/slurm/train.sbatch\n"
+          f"  or: kubectl apply -f {target}/k8s/pvc.yaml -f {target}/k8s/mpijob.yaml")
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hvdtrain.launcher.allocation import Allocation, slurm_allocation
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host, HostError, format_hosts, parse_hostfile, parse_hosts, processes_per_host
@@ -23,7 +24,8 @@ PASSTHROUGH_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "OM
                      "PYTHONUNBUFFERED", "PYTHONHASHSEED", "CUDA_VISIBLE_DEVICES", "TF_CPP_MIN_LOG_LEVEL",
                      "TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")
 PASSTHROUGH_PREFIXES = ("HVDTRAIN_", "HOROVOD_", "NCCL_")
-# A scheduler that hands mpirun its own host list; then hvdtrain adds no -H.
+# A scheduler that hands mpirun its own host list; then hvdtrain adds no -H. (A Slurm allocation
+# that was read, ``Machine.allocation``, gives hvdtrain the hosts and -np itself.)
 ALLOCATION_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "OMPI_MCA_orte_default_hostfile")
 
 
@@ -38,6 +40,7 @@ class Machine:
     is_root: bool
     environ: Mapping[str, str] = field(default_factory=dict)
     has_gpu: bool = False
+    allocation: Allocation | None = None
 
 
 def find_tool(name: str, python: str = sys.executable, environ: Mapping[str, str] | None = None) -> str | None:
@@ -57,10 +60,15 @@ def usable_cpus() -> int:
 
 
 def detect_machine() -> Machine:
-    """Describe the machine this process runs on."""
+    """Describe the machine this process runs on, and the Slurm allocation it runs in (if any).
+
+    Raises:
+        LaunchError: ``SLURM_JOB_ID`` is set but the allocation cannot be read.
+    """
+    environ = dict(os.environ)
     return Machine(python=sys.executable, horovodrun=find_tool("horovodrun"), mpirun=find_tool("mpirun"),
                    cpu_count=usable_cpus(), is_root=hasattr(os, "geteuid") and os.geteuid() == 0,
-                   environ=dict(os.environ), has_gpu=os.path.exists("/dev/nvidia0"))
+                   environ=environ, has_gpu=os.path.exists("/dev/nvidia0"), allocation=slurm_allocation(environ))
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class LaunchPlan:
     np: int | None
     hosts: list[Host] | None
     yield_when_idle: bool
+    allocation: Allocation | None = None
 
     def shell(self) -> str:
         """The plan as one copy-pasteable shell line."""
@@ -106,8 +115,13 @@ def resolve_hosts(options: RunOptions) -> list[Host] | None:
     return None
 
 
-def resolve_np(options: RunOptions, hosts: list[Host] | None, allocation: str | None) -> int | None:
-    """The number of workers; checks it fits the slots of the hosts."""
+def resolve_np(options: RunOptions, hosts: list[Host] | None, scheduler: str | None) -> int | None:
+    """The number of workers; checks it fits the slots of the hosts.
+
+    Args:
+        scheduler: the variable naming a scheduler's allocation that mpirun reads itself
+            (``PBS_JOBID``...); then ``np`` may stay unset.
+    """
     if hosts is not None:
         slots = count_slots(hosts)
         np = options.np if options.np is not None else slots
@@ -115,9 +129,25 @@ def resolve_np(options: RunOptions, hosts: list[Host] | None, allocation: str | 
             raise LaunchError(f"-np {np} is more than the {slots} slots of the hosts ({format_hosts(hosts)}); "
                               f"lower -np to at most {slots} or add slots (`host:N` / `host slots=N`)")
         return np
-    if options.np is None and allocation is None:
+    if options.np is None and scheduler is None:
         raise LaunchError("the number of workers is not set: give -np N (or `np: N` in the config file), "
                           "or hosts with -H/--hostfile to use all their slots")
+    return options.np
+
+
+def allocation_np(options: RunOptions, allocation: Allocation) -> int:
+    """The number of workers inside a Slurm allocation: all its tasks unless ``np`` asks for fewer.
+
+    Raises:
+        LaunchError: ``np`` is more than the allocation's tasks; names both numbers and the fix.
+    """
+    if options.np is None:
+        return allocation.ntasks
+    if options.np > allocation.ntasks:
+        raise LaunchError(
+            f"-np {options.np} is more than the {allocation.ntasks} task(s) of {allocation.describe()}; "
+            f"drop -np (and `np:` from the config file) to use all {allocation.ntasks}, lower it, or submit the "
+            f"job with {options.np} tasks (e.g. `sbatch --ntasks={options.np}`, or more --nodes/--ntasks-per-node)")
     return options.np
 
 
@@ -243,8 +273,12 @@ def build_plan(options: RunOptions, script: str, script_args: list[str], machine
     """
     check_script(script, cwd)
     hosts = resolve_hosts(options)
-    allocation = next((name for name in ALLOCATION_VARIABLES if name in machine.environ), None)
-    np = resolve_np(options, hosts, allocation)
+    allocation = machine.allocation if hosts is None else None
+    if allocation is not None:
+        scheduler, hosts, np = None, allocation.hosts, allocation_np(options, allocation)
+    else:
+        scheduler = next((name for name in ALLOCATION_VARIABLES if name in machine.environ), None)
+        np = resolve_np(options, hosts, scheduler)
     controller = resolve_controller(options, machine)
     launcher, executable = resolve_launcher(options, controller, machine)
     user_env = split_env(options.env, machine.environ)
@@ -252,13 +286,13 @@ def build_plan(options: RunOptions, script: str, script_args: list[str], machine
     yield_idle = controller == "mpi" and needs_yield(np, hosts, machine.cpu_count, machine.has_gpu)
     program = [machine.python, script, *script_args]
     if launcher == "mpirun":
-        argv = _mpirun_argv(executable, options, np, hosts, allocation, machine, yield_idle, user_env, settings)
-        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle)
+        argv = _mpirun_argv(executable, options, np, hosts, scheduler, machine, yield_idle, user_env, settings)
+        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle, allocation)
     if options.mpi_args and controller == "gloo":
         raise LaunchError("mpi_args only apply to the MPI controller; drop them or use --mpi")
     argv = _horovodrun_argv(executable, options, np, hosts, controller, yield_idle, settings)
     env = {name: value for name, value in user_env.items() if value is not None}
-    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle)
+    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle, allocation)
 
 
 def _horovodrun_argv(executable: str, options: RunOptions, np: int | None, hosts: list[Host] | None,
@@ -282,14 +316,14 @@ def _horovodrun_argv(executable: str, options: RunOptions, np: int | None, hosts
 
 
 def _mpirun_argv(executable: str, options: RunOptions, np: int | None, hosts: list[Host] | None,
-                 allocation: str | None, machine: Machine, yield_idle: bool, user_env: dict[str, str | None],
+                 scheduler: str | None, machine: Machine, yield_idle: bool, user_env: dict[str, str | None],
                  settings: list) -> list[str]:
     argv = [executable]
     if np is not None:
         argv += ["-np", str(np)]
     if hosts:
         argv += ["-H", format_hosts(hosts)]
-    elif allocation is None:
+    elif scheduler is None:
         argv += ["-H", f"localhost:{np}"]
     argv += ["--bind-to", "none", "--map-by", "slot"]
     if machine.is_root:

@@ -7,3 +7,7 @@ class LaunchError(ValueError):
 
     ``hvdtrain`` catches it, prints the message on stderr and exits with status 2.
     """
+
+
+class ScaffoldError(ValueError):
+    """``hvdtrain new`` cannot create the project as asked; the message names the problem and the fix."""

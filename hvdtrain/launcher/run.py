@@ -25,7 +25,7 @@ def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], co
 
     Args:
         check_hosts: also check that every remote host answers the remote shell (unless the
-            options say ``skip_host_check``).
+            options say ``skip_host_check``, or mpirun launches in a Slurm allocation, through srun).
 
     Raises:
         LaunchError: bad config, options, hosts or script, or a remote host that does not answer.
@@ -33,7 +33,9 @@ def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], co
     config = load_config(config_path) if config_path else {}
     options = merge(config, cli_values)
     plan = build_plan(options, script, script_args, machine or detect_machine())
-    if check_hosts and plan.hosts and not options.skip_host_check:
+    # Inside a Slurm allocation mpirun starts its daemons with srun, not ssh: nothing to check.
+    slurm_launches = plan.allocation is not None and plan.launcher == "mpirun"
+    if check_hosts and plan.hosts and not options.skip_host_check and not slurm_launches:
         shell = remote_shell(options.mpi_args, options.ssh_port, options.ssh_identity_file)
         check_reachable([host.name for host in plan.hosts], shell)
     return plan
@@ -42,6 +44,8 @@ def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], co
 def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) -> int:
     """Print the command (``dry_run``) or run it; returns the launcher's exit status."""
     out = out or sys.stdout
+    if plan.allocation is not None:
+        print(f"hvdtrain run: {plan.np} worker(s) in {plan.allocation.describe()}", file=sys.stderr, flush=True)
     if dry_run:
         print(plan.shell(), file=out, flush=True)
         return 0

@@ -6,22 +6,25 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from hvdtrain.launcher.cluster import ClusterShape, k8s_files, sbatch_resources
+from hvdtrain.launcher.errors import ScaffoldError
+
+__all__ = ["FRAMEWORKS", "ScaffoldError", "create_project"]
+
 FRAMEWORKS = {"pytorch": "PyTorch", "tensorflow": "TensorFlow/Keras"}
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _EXECUTABLE = {"slurm/train.sbatch"}
 
 
-class ScaffoldError(ValueError):
-    """The project cannot be created as asked."""
-
-
-def create_project(name: str, framework: str, directory: str | os.PathLike | None = None) -> Path:
+def create_project(name: str, framework: str, directory: str | os.PathLike | None = None,
+                   shape: ClusterShape | None = None) -> Path:
     """Create project ``name`` for ``framework`` in ``directory`` (default: ``./name``).
 
     Args:
         name: project name: lower-case letters, digits and dashes (it names the image and the job).
         framework: "pytorch" or "tensorflow".
         directory: where to create it; must not exist or be empty.
+        shape: the cluster its Slurm script and MPIJob ask for (default: 1 node, 2 CPU workers).
 
     Returns:
         The project directory.
@@ -38,12 +41,15 @@ def create_project(name: str, framework: str, directory: str | os.PathLike | Non
     if target.exists() and any(target.iterdir()):
         raise ScaffoldError(f"{target} already exists and is not empty; choose another name or directory "
                             "(nothing was overwritten)")
-    files = {**_template_files("common"), **_template_files(framework)}
-    values = {"project_name": name, "framework": framework, "framework_title": FRAMEWORKS[framework]}
-    for relative, text in files.items():
+    shape = shape or ClusterShape()
+    values = {"project_name": name, "framework": framework, "framework_title": FRAMEWORKS[framework],
+              "cluster_shape": shape.describe(), "sbatch_resources": sbatch_resources(shape)}
+    files = {relative: _render(text, values)
+             for relative, text in {**_template_files("common"), **_template_files(framework)}.items()}
+    for relative, text in {**files, **k8s_files(name, shape)}.items():
         path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_render(text, values))
+        path.write_text(text)
         if relative in _EXECUTABLE:
             path.chmod(0o755)
     return target

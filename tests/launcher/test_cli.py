@@ -108,6 +108,34 @@ def test_new_creates_a_project_and_refuses_bad_names(tmp_path, capsys):
     assert code == 2 and "invalid project name 'Vision Team'" in err
 
 
+def test_new_sizes_the_slurm_script_for_the_cluster_shape(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "new", "gpu-team", "--nodes", "2", "--gpus-per-node", "4", "--directory",
+                             str(tmp_path / "g"))
+    assert code == 0, err
+    assert "for 2 nodes x 4 GPUs, one worker per GPU (8 workers)" in out
+    sbatch = (tmp_path / "g" / "slurm" / "train.sbatch").read_text()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --requeue", "exec hvdtrain run --config run.yaml train.py --resume \"$@\""):
+        assert line in sbatch.splitlines(), line
+    code, _, err = run_cli(capsys, "new", "cpu-team", "--gpus-per-node", "0", "--workers-per-node", "3",
+                           "--directory", str(tmp_path / "c"))
+    assert code == 0, err
+    sbatch = (tmp_path / "c" / "slurm" / "train.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=3" in sbatch and "#SBATCH --gpus" not in sbatch
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nodes", "0"], "--nodes must be at least 1, got 0"),
+    (["--gpus-per-node", "-1"], "--gpus-per-node must be 0 (CPU cluster) or more, got -1"),
+    (["--gpus-per-node", "2", "--workers-per-node", "4"],
+     "--workers-per-node 4 with --gpus-per-node 2: Horovod runs one worker per GPU; drop --workers-per-node"),
+])
+def test_new_rejects_impossible_cluster_shapes(tmp_path, capsys, args, message):
+    code, _, err = run_cli(capsys, "new", "team", "--directory", str(tmp_path / "t"), *args)
+    assert code == 2 and message in err
+    assert not (tmp_path / "t").exists()
+
+
 def test_help_and_missing_subcommand(capsys):
     assert main(["--help"]) == 0
     assert "run" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hvdtrain.launcher.allocation import Allocation
 from hvdtrain.launcher.command import Machine, build_plan, detect_machine, find_tool, needs_yield
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
@@ -113,9 +114,41 @@ def test_hosts_network_and_ssh_for_mpirun(script, tmp_path):
 
 def test_scheduler_allocation_leaves_hosts_to_mpirun(script):
     machine = Machine(python=PY, horovodrun=HVDRUN, mpirun=MPIRUN, cpu_count=2, is_root=False,
-                      environ={"SLURM_JOB_ID": "42"})
+                      environ={"PBS_JOBID": "42"})
     assert plan(script, machine, args=()).argv[:3] == [MPIRUN, "--bind-to", "none"]
     assert plan(script, machine, args=(), np=8).argv[:4] == [MPIRUN, "-np", "8", "--bind-to"]
+
+
+SLURM_JOB = Allocation("42", [Host("node1", 2), Host("node2", 2)], 4)
+
+
+def slurm_box(allocation=SLURM_JOB):
+    return Machine(python=PY, horovodrun=HVDRUN, mpirun=MPIRUN, cpu_count=2, is_root=True,
+                   environ={"SLURM_JOB_ID": allocation.job_id}, allocation=allocation)
+
+
+def test_slurm_allocation_gives_np_and_hosts(script):
+    result = plan(script, slurm_box(), args=())
+    assert result.argv[:5] == [MPIRUN, "-np", "4", "-H", "node1:2,node2:2"]
+    assert "--allow-run-as-root" in result.argv and result.allocation == SLURM_JOB
+    assert plan(script, slurm_box(), args=(), np=3).argv[:5] == [MPIRUN, "-np", "3", "-H", "node1:2,node2:2"]
+    # Explicit hosts are the user's choice: the allocation's are not used then.
+    explicit = plan(script, slurm_box(), args=(), hosts="node1:2")
+    assert explicit.argv[:5] == [MPIRUN, "-np", "2", "-H", "node1:2"] and explicit.allocation is None
+
+
+def test_np_beyond_the_allocation_names_both_numbers_and_the_fix(script):
+    with pytest.raises(LaunchError) as err:
+        plan(script, slurm_box(), np=6)
+    assert str(err.value) == (
+        "-np 6 is more than the 4 task(s) of Slurm job 42 (node1:2,node2:2); drop -np (and `np:` from the config "
+        "file) to use all 4, lower it, or submit the job with 6 tasks (e.g. `sbatch --ntasks=6`, or more "
+        "--nodes/--ntasks-per-node)")
+
+
+def test_gloo_in_an_allocation_uses_its_hosts_too(script):
+    argv = plan(script, slurm_box(Allocation("7", [Host("n1", 1)], 1)), args=(), controller="gloo").argv
+    assert argv[:5] == [HVDRUN, "-np", "1", "-H", "n1:1"]
 
 
 def test_yield_rule():
