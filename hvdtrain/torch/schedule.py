@@ -28,6 +28,9 @@ class SchedulerDriver:
         if not callable(getattr(scheduler, "get_last_lr", None)):
             raise TypeError(f"lr_scheduler must be a torch.optim.lr_scheduler.LRScheduler (got "
                             f"{type(scheduler).__name__}); ReduceLROnPlateau needs a metric and is not driven")
+        # Horovod's optimizer is a new object over the same groups, and loading a checkpoint replaces its
+        # groups: the scheduler must write its LRs and momenta to that optimizer's groups.
+        scheduler.optimizer = optimizer
         self.scheduler = scheduler
         self.optimizer = optimizer
         self.interval = interval
