@@ -70,6 +70,9 @@ class TrainingOptions:
                                                   flag="--patience")
     log_dir: str | os.PathLike | None = _option(None, "path", "write metrics.csv and TensorBoard events here",
                                                 flag=None)
+    mlflow_uri: str | None = _option(None, "str", "log params, epoch metrics and the best checkpoint to this MLflow "
+                                                  "tracking store (rank 0), e.g. sqlite:///mlflow.db (no server); "
+                                                  "needs pip install 'hvdtrain[mlflow]'", flag="--mlflow")
     progress: bool = _option(True, "bool", "show a progress bar on rank 0", flag="--no-progress")
 
     def __post_init__(self) -> None:
