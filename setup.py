@@ -23,6 +23,7 @@ setup(
         "tensorflow": ["tensorflow", "horovod"],
         "logging": ["tensorboard", "matplotlib"],
         "mpi": ["mpi4py"],
+        "mlflow": ["mlflow"],
     },
     entry_points={"console_scripts": ["hvdtrain=hvdtrain.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],

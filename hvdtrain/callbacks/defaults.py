@@ -10,6 +10,7 @@ from hvdtrain.callbacks.early_stopping import EarlyStopping, StopOnNonFinite
 from hvdtrain.callbacks.loggers import CSVLogger, TensorBoardLogger
 from hvdtrain.callbacks.lr import LearningRateSchedule
 from hvdtrain.callbacks.metrics import MetricAverage
+from hvdtrain.callbacks.mlflow_logger import MLflowLogger
 from hvdtrain.callbacks.progress import ProgressBar
 from hvdtrain.core.options import TrainingOptions
 
@@ -24,7 +25,8 @@ def default_callbacks(options: TrainingOptions, *, has_val: bool = True,
     Args:
         options: ``warmup_epochs``/``lr_schedule`` add a ``LearningRateSchedule``; ``checkpoint_dir`` a
             ``ModelCheckpoint``; ``resume`` a ``ResumeFromCheckpoint``; ``early_stopping_patience`` an
-            ``EarlyStopping``; ``log_dir`` a ``CSVLogger`` and a ``TensorBoardLogger``; ``progress`` a
+            ``EarlyStopping``; ``log_dir`` a ``CSVLogger`` and a ``TensorBoardLogger``; ``mlflow_uri`` an
+            ``MLflowLogger``; ``progress`` a
             ``ProgressBar``. ``monitor`` drives best-k checkpoints and early stopping; a ``val_`` metric
             falls back to its training twin when there is no validation data.
         has_val: whether validation metrics will be logged.
@@ -43,6 +45,8 @@ def default_callbacks(options: TrainingOptions, *, has_val: bool = True,
                                          keep_best=o.keep_best, every_n_steps=o.checkpoint_every_n_steps))
     if o.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor, patience=o.early_stopping_patience))
+    if o.mlflow_uri is not None:
+        callbacks.append(MLflowLogger(o.mlflow_uri, params=o))
     if o.log_dir is not None:
         callbacks += [CSVLogger(os.path.join(o.log_dir, "metrics.csv")), TensorBoardLogger(o.log_dir)]
     if o.progress:

@@ -24,18 +24,22 @@ class LearningRateSchedule(Callback):
         multiplier: function of the fractional epoch; None means constant 1.
         warmup_epochs: length of the linear warmup (0 disables it).
         warmup_start_factor: starting fraction of base_lr; defaults to ``1 / size``.
+        base_rates: where the base LRs come from each batch, e.g. a framework LR scheduler (already
+            scaled by the world size); None takes them from the optimizer when training starts.
     """
 
     order = Order.LEARNING_RATE
 
     def __init__(self, multiplier: Multiplier | None = None, warmup_epochs: float = 0.0,
-                 warmup_start_factor: float | None = None) -> None:
+                 warmup_start_factor: float | None = None,
+                 base_rates: Callable[[], list[float]] | None = None) -> None:
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0 (got {warmup_epochs})")
         self.multiplier = multiplier
         self.warmup_epochs = warmup_epochs
         self.warmup_start_factor = warmup_start_factor
         self.base_lrs: list[float] | None = None
+        self.base_rates = base_rates
         self._last_factor: float | None = None
 
     def on_train_begin(self, ctx: TrainContext) -> None:
@@ -52,9 +56,11 @@ class LearningRateSchedule(Callback):
         return value
 
     def on_batch_begin(self, ctx: TrainContext) -> None:
-        steps = ctx.steps_per_epoch or 1
-        factor = self.factor(ctx.epoch + min(ctx.batch_index, steps) / steps, ctx.size)
-        if factor != self._last_factor:
+        steps = ctx.steps_per_epoch  # unknown for streamed input: the epoch's start counts
+        factor = self.factor(ctx.epoch + (min(ctx.batch_index, steps) / steps if steps else 0.0), ctx.size)
+        if self.base_rates is not None:  # the scheduler may have moved: set every batch
+            ctx.adapter.set_learning_rates(ctx.optimizer, [lr * factor for lr in self.base_rates()])
+        elif factor != self._last_factor:
             ctx.adapter.set_learning_rates(ctx.optimizer, [lr * factor for lr in self.base_lrs])
             self._last_factor = factor
 

@@ -49,6 +49,8 @@ class TrainingOptions:
     warmup_epochs: float = _option(0.0, "float", "linear LR warmup from the single-worker LR (Goyal et al.)")
     lr_schedule: Callable[[float], float] | None = _option(
         None, "callable", "multiplier of the base LR as a function of the fractional epoch", flag=None)
+    lr_scheduler_interval: str = _option("step", "str", "when a framework lr_scheduler steps: after every "
+                                                        "optimizer 'step' or every 'epoch'", flag=None)
     grad_clip_norm: float | None = _option(None, "float", "clip the averaged gradients to this global norm")
     backward_passes_per_step: int = _option(1, "int", "batches whose gradients are accumulated per update")
     compression: str = _option("none", "str", f"gradient compression on the wire: one of {COMPRESSIONS}")
@@ -68,6 +70,9 @@ class TrainingOptions:
                                                   flag="--patience")
     log_dir: str | os.PathLike | None = _option(None, "path", "write metrics.csv and TensorBoard events here",
                                                 flag=None)
+    mlflow_uri: str | None = _option(None, "str", "log params, epoch metrics and the best checkpoint to this MLflow "
+                                                  "tracking store (rank 0), e.g. sqlite:///mlflow.db (no server); "
+                                                  "needs pip install 'hvdtrain[mlflow]'", flag="--mlflow")
     progress: bool = _option(True, "bool", "show a progress bar on rank 0", flag="--no-progress")
 
     def __post_init__(self) -> None:
@@ -108,6 +113,8 @@ def _problems(o: TrainingOptions) -> list[tuple[str, str]]:
         ("batch_size", o.batch_size >= 1, f"must be >= 1 (got {o.batch_size})"),
         ("lr", o.lr is None or o.lr > 0, f"must be > 0 (got {o.lr})"),
         ("warmup_epochs", o.warmup_epochs >= 0, f"must be >= 0 (got {o.warmup_epochs})"),
+        ("lr_scheduler_interval", o.lr_scheduler_interval in ("step", "epoch"),
+         f"must be 'step' or 'epoch' (got {o.lr_scheduler_interval!r})"),
         ("grad_clip_norm", o.grad_clip_norm is None or o.grad_clip_norm > 0,
          f"must be > 0 (got {o.grad_clip_norm})"),
         ("backward_passes_per_step", o.backward_passes_per_step >= 1,

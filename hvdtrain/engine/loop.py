@@ -33,7 +33,7 @@ class EpochLoop:
 
     def _run_epoch(self, ctx: TrainContext) -> None:
         steps_left = self._position_data(ctx.epoch, ctx.samples_seen_in_epoch)
-        ctx.steps_per_epoch = ctx.progress.batches_done + steps_left
+        ctx.steps_per_epoch = None if steps_left is None else ctx.progress.batches_done + steps_left
         ctx.sample_count = 0
         ctx.logs = {}
         self.callbacks.on_epoch_begin(ctx)
@@ -72,8 +72,8 @@ class EpochLoop:
         self.callbacks.on_batch_end(ctx)
         return ctx.stop_training
 
-    def _position_data(self, epoch: int, samples_seen: int) -> int:
-        """Select ``epoch``'s order, skip ``samples_seen`` global samples; return the steps left."""
+    def _position_data(self, epoch: int, samples_seen: int) -> int | None:
+        """Select ``epoch``'s order, skip ``samples_seen`` global samples; return the steps left (None: unknown)."""
         raise NotImplementedError
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:

@@ -49,6 +49,10 @@ class HorovodBackend(HorovodBackendBase):
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""
         return hvd.allreduce_async(tensor, op=hvd.Max, name=name)
 
+    def start_sum(self, tensor: torch.Tensor, name: str) -> Any:
+        """Start an element-wise sum over ranks of ``tensor``; ``wait`` returns the result."""
+        return hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
+
     def wait(self, handle: Any) -> torch.Tensor:
         return hvd.synchronize(handle)
 
@@ -72,6 +76,9 @@ class SerialBackend(CoreSerialBackend):
         return None
 
     def start_max(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        return tensor
+
+    def start_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
 
     def wait(self, handle: torch.Tensor) -> torch.Tensor:

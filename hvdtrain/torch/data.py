@@ -78,4 +78,4 @@ def dataset_length(data: object) -> int:
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         return len(data)  # type: ignore[arg-type]
     raise TypeError(f"unsupported data {type(data).__name__}: pass a map-style torch Dataset with __len__, "
-                    "a TensorDataset, or a tuple of tensors")
+                    "a TensorDataset, a tuple of tensors, an IterableDataset or a DataLoader")

@@ -1,22 +1,24 @@
 """A Trainer for the common case: sharded data, distributed optimizer, callbacks."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from hvdtrain.callbacks import Callback, CallbackList, default_callbacks
+from hvdtrain.callbacks import Callback, CallbackList, LearningRateSchedule, default_callbacks
+from hvdtrain.core.backend import any_rank
 from hvdtrain.core.context import TrainContext
 from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
 from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.torch.adapter import TorchAdapter
 from hvdtrain.torch.backend import default_device
-from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches, as_tensors, dataset_length
+from hvdtrain.torch.inputs import ShardedInput, StreamingInput, batch_len, make_input, to_device
 from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
 from hvdtrain.torch.precision import MixedPrecision
+from hvdtrain.torch.schedule import SchedulerDriver
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,34 +31,57 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs.argmax(dim=1) == targets).float().mean()
 
 
+Step = Callable[[Any], "torch.Tensor | Mapping[str, Any]"]
+
+
 class Trainer(EpochLoop):
     """Data-parallel training with Horovod and hvdtrain's callbacks.
+
+    The step is ``training_step(batch)``: by default ``loss_fn(model(x), y)`` on ``(x, y)`` batches
+    plus the ``metrics``. Give your own as ``training_step=``/``validation_step=`` functions or by
+    overriding the methods in a subclass; it returns the loss or a dict with a ``"loss"`` and any
+    other values to log. Gradient averaging, accumulation, clipping, mixed precision and the
+    non-finite-loss check run around it.
 
     Args:
         model: the network; every rank builds it the same way.
         optimizer: a plain torch optimizer (wrapped for you) or one already
             wrapped with ``hvdtrain.torch.DistributedOptimizer``.
-        loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss.
-        train_data: a ``TensorDataset``, a tuple of tensors, or a map-style Dataset.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss (the default step's).
+        train_data: tensors, a ``TensorDataset``, a map-style Dataset (sharded for you), a
+            ``DataLoader`` (re-sharded through its sampler when it has a standard one, else used as
+            this rank's shard) or an ``IterableDataset`` (this rank's shard; ranks may yield different
+            numbers of batches: every epoch ends at the same step on all ranks).
         val_data: optional validation data (same kinds); evaluated every epoch.
+        training_step: ``fn(batch) -> loss | {"loss": ..., name: value}`` replacing the default step.
+        validation_step: ``fn(batch) -> {name: batch mean}``, logged with a ``val_`` prefix.
+        lr_scheduler: a ``torch.optim.lr_scheduler`` built on ``optimizer`` with single-worker LRs;
+            stepped every optimizer step or epoch (``lr_scheduler_interval``), with the world-size
+            scaling and ``warmup_epochs``/``lr_schedule`` multiplied on top; checkpointed.
         metrics: ``{name: fn(outputs, targets) -> batch mean}``; ``val_`` versions are logged too.
         callbacks: user callbacks, merged with the defaults by ``order``.
         backend: defaults to the Horovod backend (call ``hvdtrain.torch.init()`` first);
             ``hvdtrain.torch.SerialBackend()`` trains in this process alone.
         device: where the model trains; default ``cuda:<local_rank>`` with CUDA, else the CPU. The
             model is moved there before the initial broadcast, and each batch as it is used.
-        num_workers: DataLoader worker processes for a non-tensor Dataset.
+        num_workers: DataLoader worker processes for a Dataset hvdtrain wraps in a DataLoader.
         options: the ``TrainingOptions`` (epochs, batch size, LR warmup, checkpoints, ...).
         **overrides: any ``TrainingOptions`` field, overriding ``options``.
     """
 
     @accepts_options
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[[Any, Any], torch.Tensor], train_data: Any, val_data: Any = None, *,
-                 metrics: dict[str, Metric] | None = None, callbacks: Iterable[Callback] = (),
-                 backend: Any = None, device: str | torch.device | None = None, num_workers: int = 0,
-                 options: TrainingOptions | None = None, **overrides: Any) -> None:
+                 loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, train_data: Any = None,
+                 val_data: Any = None, *, training_step: Step | None = None, validation_step: Step | None = None,
+                 lr_scheduler: Any = None, metrics: dict[str, Metric] | None = None,
+                 callbacks: Iterable[Callback] = (), backend: Any = None, device: str | torch.device | None = None,
+                 num_workers: int = 0, options: TrainingOptions | None = None, **overrides: Any) -> None:
         self.options = o = TrainingOptions.merged(options, overrides, "Trainer")
+        if train_data is None:
+            raise TypeError("Trainer() needs train_data: tensors, a Dataset, an IterableDataset or a DataLoader")
+        if loss_fn is None and training_step is None and type(self).training_step is Trainer.training_step:
+            raise TypeError("Trainer() needs loss_fn= for its default step loss_fn(model(x), y), or your own "
+                            "training_step=")
         if backend is None:
             from hvdtrain.torch.backend import HorovodBackend
 
@@ -65,19 +90,25 @@ class Trainer(EpochLoop):
         self.device = torch.device(device) if device is not None else default_device(backend.local_rank)
         self.model = model.to(self.device)
         self.precision = MixedPrecision(o.precision, self.device)
-        self.adapter = TorchAdapter(backend, {"precision": self.precision} if self.precision.scaler else None)
         self.optimizer = self._distributed(optimizer, model, o)
+        self.lr_scheduler = self._driver(lr_scheduler, o)
+        extra = {"precision": self.precision} if self.precision.scaler else {}
+        self.adapter = TorchAdapter(backend, {**extra, **({"lr_scheduler": self.lr_scheduler}
+                                                          if self.lr_scheduler else {})} or None)
         self.accumulation = getattr(self.optimizer, "backward_passes_per_step", 1)
         self.loss_fn = loss_fn
         self.metrics = dict(metrics or {})
         self.num_workers = num_workers
-        self.sampler = DistributedBatchSampler(dataset_length(train_data), backend.rank, backend.size,
-                                               o.batch_size, shuffle=True, seed=o.seed)
-        self.train_batches = self._batches(train_data, self.sampler)
+        if training_step is not None:
+            self.training_step = training_step
+        if validation_step is not None:
+            self.validation_step = validation_step
+        self.train_input = self._input(train_data, shuffle=True)
         self.val_data = val_data
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)
+        self._drive_learning_rates()
         self._nonfinite_rank = torch.zeros((), device=self.device)
         self._this_rank_flag = torch.full((), float(backend.rank + 1), device=self.device)
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
@@ -93,52 +124,136 @@ class Trainer(EpochLoop):
         return DistributedOptimizer(optimizer, model, backend=self.backend, compression=o.compression, op=o.op,
                                     backward_passes_per_step=o.backward_passes_per_step, scale_lr=o.scale_lr)
 
-    def _batches(self, data: Any, sampler: DistributedBatchSampler) -> Iterable[Any]:
-        tensors = as_tensors(data)
-        if tensors is not None:
-            return TensorBatches(tensors, sampler)
-        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda")
+    def _driver(self, scheduler: Any, o: TrainingOptions) -> SchedulerDriver | None:
+        if scheduler is None:
+            return None
+        scale = self.backend.size if o.scale_lr and o.op != "adasum" else 1
+        return SchedulerDriver(scheduler, self.optimizer, o.lr_scheduler_interval, scale)
 
-    def _to_device(self, batch: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+    def _drive_learning_rates(self) -> None:
+        """Let the LR callback take its base LRs from the lr_scheduler, adding one if there is none."""
+        if self.lr_scheduler is None:
+            return
+        schedules = [c for c in self.callbacks if isinstance(c, LearningRateSchedule)]
+        if not schedules:
+            schedules = [LearningRateSchedule()]
+            self.callbacks.add(schedules[0])
+        for schedule in schedules:
+            schedule.base_rates = self.lr_scheduler.rates
 
-    def _position_data(self, epoch: int, samples_seen: int) -> int:
-        self.sampler.set_epoch(epoch, samples_seen)
-        return len(self.sampler)
+    def _input(self, data: Any, shuffle: bool) -> ShardedInput | StreamingInput:
+        o = self.options
+        return make_input(data, self.backend.rank, self.backend.size, o.batch_size, shuffle=shuffle, seed=o.seed,
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def _position_data(self, epoch: int, samples_seen: int) -> int | None:
+        return self.train_input.set_epoch(epoch, samples_seen, self.ctx.progress.batches_done)
+
+    # The steps users may replace.
+
+    def training_step(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
+        """The loss of one batch (and values to log): by default ``loss_fn(model(x), y)`` and the metrics."""
+        return self._default_step(batch, "training_step")
+
+    def validation_step(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
+        """Batch means to log with a ``val_`` prefix: by default the loss and the metrics."""
+        return self._default_step(batch, "validation_step")
+
+    def predict_step(self, batch: Any) -> torch.Tensor:
+        """The model's outputs for a batch: by default ``model(x)`` for ``(x, ...)`` batches, else ``model(batch)``."""
+        return self.model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    def _default_step(self, batch: Any, name: str) -> dict[str, torch.Tensor]:
+        if self.loss_fn is None:
+            raise TypeError(f"Trainer has no loss_fn for its default {name}: pass loss_fn= or {name}=")
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"the default {name} takes (inputs, targets) batches, not {type(batch).__name__}: "
+                            f"pass {name}=fn(batch) (or override it in a subclass) for other batches")
+        inputs, targets = batch[0], batch[1]
+        outputs = self.model(inputs)
+        logs = {"loss": self.loss_fn(outputs, targets)}
+        with torch.no_grad():
+            logs.update({metric: fn(outputs.float(), targets) for metric, fn in self.metrics.items()})
+        return logs
+
+    def _as_logs(self, result: Any, step: str) -> dict[str, torch.Tensor]:
+        """A step's result as ``{name: scalar tensor}``; a bare tensor is the loss."""
+        if isinstance(result, torch.Tensor):
+            return {"loss": result}
+        if not isinstance(result, Mapping) or (step == "training_step" and "loss" not in result):
+            got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
+            raise TypeError(f"{step} must return the loss tensor or a dict with a 'loss' entry (got {got})")
+        return {name: torch.as_tensor(value, device=self.device) for name, value in result.items()}
+
+    # Training.
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
         self.model.train()
-        sums = torch.zeros(1 + len(self.metrics), dtype=torch.float64, device=self.device)
-        global_sizes = self.sampler.global_batches()
-        for batch in self.train_batches:
-            global_size = next(global_sizes)
+        sums: dict[str, torch.Tensor] = {}
+        sizes = None if self.train_input.streaming else self.train_input.global_sizes()
+        for batch, has_next in self._epoch_batches():
             self._begin_batch(ctx)
-            batch = self._to_device(batch)
-            outcome, values = self._train_step(ctx, batch, global_size)
-            local = len(batch[0])
-            sums += torch.stack([outcome.loss, *values]).double() * local
-            if self._end_batch(ctx, local, global_size, outcome):
+            batch = to_device(batch, self.device)
+            local = batch_len(batch)
+            outcome, logs, global_size, last = self._train_step(ctx, batch, local, sizes and next(sizes), has_next)
+            for name, value in logs.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().double() * local
+            if self._end_batch(ctx, local, global_size, outcome) or last:
                 break
-        means = (sums / max(ctx.sample_count, 1)).tolist()  # the epoch's one read from the device
-        return dict(zip(["loss", *self.metrics], means))
+        if self.lr_scheduler and self.lr_scheduler.interval == "epoch" and not ctx.stop_training:
+            self.lr_scheduler.step()
+        if not sums:
+            return {}
+        means = (torch.stack(list(sums.values())) / max(ctx.sample_count, 1)).tolist()  # the epoch's one read
+        return dict(zip(sums, means))
 
-    def _train_step(self, ctx: TrainContext, batch: Any, global_size: int) -> tuple[StepOutcome, list[torch.Tensor]]:
-        inputs, targets = batch[0], batch[1]
-        with self.precision.autocast():
-            outputs = self.model(inputs)
-            loss = self.loss_fn(outputs, targets)
-        weight = self._gradient_weight(ctx, len(inputs), global_size)
+    def _epoch_batches(self) -> Iterator[tuple[Any, bool]]:
+        """(batch, has next) for the epoch; a streamed epoch is empty everywhere if one rank has no batch."""
+        batches = iter(self.train_input)
+        if not self.train_input.streaming:
+            yield from batches
+            return
+        first = next(batches, None)
+        if any_rank(self.backend, first is None):
+            return
+        yield first
+        yield from batches
+
+    def _train_step(self, ctx: TrainContext, batch: Any, local: int, global_size: int | None,
+                    has_next: bool) -> tuple[StepOutcome, dict[str, torch.Tensor], int, bool]:
+        """Forward, backward and (on an update step) the optimizer step of one batch.
+
+        Returns:
+            The outcome, the logged values, the global batch size, and whether the epoch ends here
+            (streamed input: some rank has no next batch, agreed alongside the gradients).
+        """
         update = self._is_update_step(ctx)
-        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank, self._this_rank_flag)
-        # Enqueued before backward, the flag is reduced while the gradients are computed: it never
-        # costs a Horovod cycle of its own.
-        flag = self.backend.start_max(self._nonfinite_rank.reshape(1), "hvdtrain.nonfinite") if update else None
+        # Streamed: "no next batch" and the sample count are reduced while forward and backward run.
+        stream = (self.backend.start_sum(torch.tensor([float(not has_next), local], dtype=torch.float64),
+                                         "hvdtrain.stream") if global_size is None else None)
+        weight = self._gradient_weight(ctx, local, global_size or local * ctx.size)
+        with self.precision.autocast():
+            logs = self._as_logs(self.training_step(batch), "training_step")
+        loss = logs["loss"]
+        flag = self._start_nonfinite(loss) if update else None
         self.precision.backward(loss * weight if weight != 1.0 else loss)
+        last = False
+        if stream is not None:
+            ended, global_size = self.backend.wait(stream).tolist()
+            last = ended > 0
+            if last and not update:  # the epoch ends mid accumulation round: apply what was accumulated
+                update, flag = True, self.backend.start_max(self._nonfinite_rank.reshape(1), "hvdtrain.nonfinite")
         bad_rank = self._step(flag) if update else None
-        with torch.no_grad():
-            values = [fn(outputs.float(), targets) for fn in self.metrics.values()]
-        return StepOutcome(loss.detach(), update, nonfinite_checked=update, nonfinite_rank=bad_rank), values
+        if update and self.lr_scheduler and self.lr_scheduler.interval == "step":
+            self.lr_scheduler.step()
+        outcome = StepOutcome(loss.detach(), update, nonfinite_checked=update, nonfinite_rank=bad_rank)
+        return outcome, logs, int(global_size), last
+
+    def _start_nonfinite(self, loss: torch.Tensor) -> Any:
+        """Flag a non-finite loss and start its agreement: enqueued before backward, it never costs a
+        Horovod cycle of its own."""
+        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank, self._this_rank_flag)
+        return self.backend.start_max(self._nonfinite_rank.reshape(1), "hvdtrain.nonfinite")
 
     def _step(self, flag: Any) -> int | None:
         """Apply the averaged gradients unless some rank's loss was not finite.
@@ -160,25 +275,61 @@ class Trainer(EpochLoop):
         self.optimizer.zero_grad()
         return bad_rank if bad_rank >= 0 else None
 
+    # Evaluation and prediction.
+
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
-        """Loss and metrics on validation data, exact over all ranks (``val_`` prefixed)."""
+        """The ``validation_step`` values on validation data, exact over all ranks (``val_`` prefixed)."""
         data = self.val_data if data is None else data
         if data is None:
             return {}
         self.model.eval()
-        sampler = DistributedBatchSampler(dataset_length(data), self.backend.rank, self.backend.size,
-                                          self.options.batch_size, shuffle=False)
-        sums = torch.zeros(1 + len(self.metrics), dtype=torch.float64, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
         count = 0
-        for batch in self._batches(data, sampler):
-            inputs, targets = self._to_device(batch)[:2]
+        for batch, _ in self._input(data, shuffle=False):
+            batch = to_device(batch, self.device)
+            local = batch_len(batch)
             with self.precision.autocast():
-                outputs = self.model(inputs)
-                loss = self.loss_fn(outputs, targets)
-            values = [loss, *(fn(outputs.float(), targets) for fn in self.metrics.values())]
-            sums += torch.stack([v.double() for v in values]) * len(inputs)
-            count += len(inputs)
-        totals = self.backend.allreduce_sum([*sums.tolist(), count])
-        return {f"val_{name}": total / totals[-1]
-                for name, total in zip(["loss", *self.metrics], totals[:-1])}
+                logs = self._as_logs(self.validation_step(batch), "validation_step")
+            for name, value in logs.items():
+                sums[name] = sums.get(name, 0.0) + value.double() * local
+            count += local
+        names = list(dict.fromkeys(n for names in self.backend.allgather_object(list(sums)) for n in names))
+        values = torch.stack([sums.get(n, torch.zeros((), dtype=torch.float64)).cpu() for n in names]).tolist() \
+            if names else []
+        totals = self.backend.allreduce_sum([*values, count])
+        return {f"val_{name}": total / max(totals[-1], 1) for name, total in zip(names, totals[:-1])}
+
+    @torch.no_grad()
+    def predict(self, data: Any, *, all_ranks: bool = False) -> Any:
+        """The model's outputs (``predict_step``) on ``data``, every rank predicting its shard.
+
+        Args:
+            data: tensors or a Dataset (outputs come back in sample order) or a streamed input
+                (outputs come back rank by rank).
+            all_ranks: return the outputs on every rank; by default only rank 0 gets them.
+
+        Returns:
+            One tensor of outputs, row i for sample i; None on ranks other than 0 unless ``all_ranks``.
+        """
+        self.model.eval()
+        source = self._input(data, shuffle=False)
+        outputs = []
+        for batch, _ in source:
+            with self.precision.autocast():
+                outputs.append(self.predict_step(to_device(batch, self.device)).float().cpu())
+        order = None if source.streaming else np.concatenate([*source.sampler.order, np.zeros(0, dtype=np.int64)])
+        gathered = self.backend.allgather_object((order, torch.cat(outputs) if outputs else None))
+        if not all_ranks and self.backend.rank != 0:
+            return None
+        return _in_sample_order(gathered)
+
+
+def _in_sample_order(gathered: list[tuple[np.ndarray | None, torch.Tensor | None]]) -> torch.Tensor:
+    """Every rank's outputs as one tensor, row i for sample i (rank by rank when the order is unknown)."""
+    parts = [(order, out) for order, out in gathered if out is not None]
+    outputs = torch.cat([out for _, out in parts])
+    if any(order is None for order, _ in parts):
+        return outputs
+    order = torch.from_numpy(np.concatenate([order for order, _ in parts]))
+    return outputs[torch.argsort(order)]

@@ -37,6 +37,23 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, launcher):
         [h["val_loss"] for h in reference[0]["history"]])
 
 
+def test_sigkill_then_resume_with_onecycle_lr_continues_the_schedule_exactly(tmp_path):
+    args = ["--epochs", "3", "--every-n-steps", "4", "--onecycle", "--warmup-epochs", "1"]
+    reference = results(run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "ref")], timeout=180))
+    crashed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--die-at-step", "14"],
+                          check=False, timeout=180)
+    assert crashed.returncode != 0
+    ranks = results(run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--resume"], timeout=180))
+    for rank in (0, 1):
+        assert ranks[rank]["resumed_from"].endswith("ckpt-epoch0001-step00000012.ckpt")
+        assert ranks[rank]["params"] == pytest.approx(reference[rank]["params"], abs=1e-6)
+        assert ranks[rank]["lrs"] == pytest.approx(reference[rank]["lrs"][12:], rel=1e-9)  # LR of every step after
+        assert ranks[rank]["final_lr"] == pytest.approx(reference[rank]["final_lr"], rel=1e-9)
+    lrs = reference[0]["lrs"]
+    assert lrs[0] == pytest.approx(0.02 / 25)  # OneCycleLR's start x 2 workers x warmup's 1/2 at step 0
+    assert max(lrs) == pytest.approx(2 * 0.02, rel=0.05)  # the peak, scaled by the 2 workers
+
+
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
     run_workers(TRAIN, ["--epochs", "2", "--checkpoint-dir", str(tmp_path)])
     newest = CheckpointManager(tmp_path).checkpoints()[-1].path

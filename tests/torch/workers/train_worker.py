@@ -26,6 +26,7 @@ def main() -> None:
     p.add_argument("--precision", default="32")
     p.add_argument("--init-scale", type=float, help="the fp16 loss scaler's first scale")
     p.add_argument("--device", help="default: cuda:<local_rank> with CUDA, else cpu")
+    p.add_argument("--onecycle", action="store_true", help="drive the LR with torch's OneCycleLR")
     args = p.parse_args()
 
     backend = ht.init()
@@ -43,7 +44,10 @@ def main() -> None:
             return loss
 
     recorder, callbacks = probe_callbacks(args)
-    trainer = ht.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), loss_fn, train_data=make_tensors(0),
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.02, total_steps=10 * args.epochs)
+                 if args.onecycle else None)
+    trainer = ht.Trainer(model, optimizer, loss_fn, train_data=make_tensors(0), lr_scheduler=scheduler,
                          val_data=make_tensors(1, 100), batch_size=16, epochs=args.epochs, seed=7,
                          callbacks=callbacks, warmup_epochs=args.warmup_epochs,
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
@@ -60,7 +64,7 @@ def main() -> None:
         "rank": backend.rank, "size": backend.size, "digest": digest, "head": head,
         "global_step": trainer.ctx.global_step, "epoch": trainer.ctx.epoch, "history": history,
         "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
-        "resumed_from": trainer.ctx.resumed_from,
+        "resumed_from": trainer.ctx.resumed_from, "final_lr": trainer.optimizer.param_groups[0]["lr"],
         "scale": trainer.precision.scaler.get_scale() if trainer.precision.scaler else None,
         "devices": sorted({str(p.device) for p in model.parameters()}),
         "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().tolist(),
