@@ -41,6 +41,7 @@ class Machine:
     environ: Mapping[str, str] = field(default_factory=dict)
     has_gpu: bool = False
     allocation: Allocation | None = None
+    gpus: int = 0
 
 
 def find_tool(name: str, python: str = sys.executable, environ: Mapping[str, str] | None = None) -> str | None:
@@ -66,9 +67,15 @@ def detect_machine() -> Machine:
         LaunchError: ``SLURM_JOB_ID`` is set but the allocation cannot be read.
     """
     environ = dict(os.environ)
+    gpus = local_gpus()
     return Machine(python=sys.executable, horovodrun=find_tool("horovodrun"), mpirun=find_tool("mpirun"),
                    cpu_count=usable_cpus(), is_root=hasattr(os, "geteuid") and os.geteuid() == 0,
-                   environ=environ, has_gpu=os.path.exists("/dev/nvidia0"), allocation=slurm_allocation(environ))
+                   environ=environ, has_gpu=gpus > 0, allocation=slurm_allocation(environ), gpus=gpus)
+
+
+def local_gpus(dev: str | os.PathLike = "/dev") -> int:
+    """NVIDIA GPUs of this machine (its /dev/nvidiaN devices), without loading CUDA."""
+    return sum(1 for path in Path(dev).glob("nvidia*") if path.name[len("nvidia"):].isdigit())
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class LaunchPlan:
     hosts: list[Host] | None
     yield_when_idle: bool
     allocation: Allocation | None = None
+    warnings: tuple[str, ...] = ()
 
     def shell(self) -> str:
         """The plan as one copy-pasteable shell line."""
@@ -115,12 +123,13 @@ def resolve_hosts(options: RunOptions) -> list[Host] | None:
     return None
 
 
-def resolve_np(options: RunOptions, hosts: list[Host] | None, scheduler: str | None) -> int | None:
+def resolve_np(options: RunOptions, hosts: list[Host] | None, scheduler: str | None, gpus: int = 0) -> int | None:
     """The number of workers; checks it fits the slots of the hosts.
 
     Args:
         scheduler: the variable naming a scheduler's allocation that mpirun reads itself
             (``PBS_JOBID``...); then ``np`` may stay unset.
+        gpus: this machine's GPUs: on it alone, ``np`` defaults to one worker per GPU.
     """
     if hosts is not None:
         slots = count_slots(hosts)
@@ -129,6 +138,8 @@ def resolve_np(options: RunOptions, hosts: list[Host] | None, scheduler: str | N
             raise LaunchError(f"-np {np} is more than the {slots} slots of the hosts ({format_hosts(hosts)}); "
                               f"lower -np to at most {slots} or add slots (`host:N` / `host slots=N`)")
         return np
+    if options.np is None and scheduler is None and gpus:
+        return gpus
     if options.np is None and scheduler is None:
         raise LaunchError("the number of workers is not set: give -np N (or `np: N` in the config file), "
                           "or hosts with -H/--hostfile to use all their slots")
@@ -278,21 +289,30 @@ def build_plan(options: RunOptions, script: str, script_args: list[str], machine
         scheduler, hosts, np = None, allocation.hosts, allocation_np(options, allocation)
     else:
         scheduler = next((name for name in ALLOCATION_VARIABLES if name in machine.environ), None)
-        np = resolve_np(options, hosts, scheduler)
+        np = resolve_np(options, hosts, scheduler, machine.gpus)
     controller = resolve_controller(options, machine)
     launcher, executable = resolve_launcher(options, controller, machine)
     user_env = split_env(options.env, machine.environ)
     settings = horovod_settings(options)
     yield_idle = controller == "mpi" and needs_yield(np, hosts, machine.cpu_count, machine.has_gpu)
     program = [machine.python, script, *script_args]
+    warnings = gpu_warnings(np, hosts, machine.gpus)
     if launcher == "mpirun":
         argv = _mpirun_argv(executable, options, np, hosts, scheduler, machine, yield_idle, user_env, settings)
-        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle, allocation)
+        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle, allocation, warnings)
     if options.mpi_args and controller == "gloo":
         raise LaunchError("mpi_args only apply to the MPI controller; drop them or use --mpi")
     argv = _horovodrun_argv(executable, options, np, hosts, controller, yield_idle, settings)
     env = {name: value for name, value in user_env.items() if value is not None}
-    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle, allocation)
+    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle, allocation, warnings)
+
+
+def gpu_warnings(np: int | None, hosts: list[Host] | None, gpus: int) -> tuple[str, ...]:
+    """A warning when a launch on this machine alone starts more workers than it has GPUs."""
+    if hosts is not None or not gpus or np is None or np <= gpus:
+        return ()
+    return (f"-np {np} is more than the {gpus} GPU{'s' * (gpus != 1)} of this machine: PyTorch workers take one "
+            f"GPU each and stop with an error; use -np {gpus} (or leave -np out: it defaults to the GPU count)",)
 
 
 def _horovodrun_argv(executable: str, options: RunOptions, np: int | None, hosts: list[Host] | None,

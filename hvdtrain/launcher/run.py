@@ -44,6 +44,8 @@ def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], co
 def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) -> int:
     """Print the command (``dry_run``) or run it; returns the launcher's exit status."""
     out = out or sys.stdout
+    for warning in plan.warnings:
+        print(f"hvdtrain run: warning: {warning}", file=sys.stderr, flush=True)
     if plan.allocation is not None:
         print(f"hvdtrain run: {plan.np} worker(s) in {plan.allocation.describe()}", file=sys.stderr, flush=True)
     if dry_run:

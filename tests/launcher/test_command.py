@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hvdtrain.launcher.allocation import Allocation
-from hvdtrain.launcher.command import Machine, build_plan, detect_machine, find_tool, needs_yield
+from hvdtrain.launcher.command import Machine, build_plan, detect_machine, find_tool, local_gpus, needs_yield
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host
@@ -209,3 +209,19 @@ def test_launchers_are_taken_from_this_python_environment():
     machine = detect_machine()
     assert machine.python == sys.executable
     assert machine.mpirun is not None, "mpirun is not on PATH; run `make setup`"
+
+
+def test_np_defaults_to_the_gpus_of_this_machine_and_more_workers_than_gpus_warn(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    gpu_box = Machine(python=PY, horovodrun=HVDRUN, mpirun=MPIRUN, cpu_count=16, is_root=False, environ={},
+                      has_gpu=True, gpus=4)
+    plan = build_plan(RunOptions(), str(script), [], gpu_box)
+    assert plan.np == 4 and not plan.warnings
+    crowded = build_plan(RunOptions(np=6), str(script), [], gpu_box)
+    assert crowded.warnings == ("-np 6 is more than the 4 GPUs of this machine: PyTorch workers take one GPU each "
+                                "and stop with an error; use -np 4 (or leave -np out: it defaults to the GPU count)",)
+    assert local_gpus(tmp_path) == 0
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / name).touch()
+    assert local_gpus(tmp_path) == 2
