@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import hvdtrain.torch as ht
 from hvdtrain.datasets import digits
@@ -27,9 +28,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def load_data(seed: int):
-    """Replace with your data: return (train, val) pairs of tensors (every worker passes all of it)."""
-    return (tuple(torch.from_numpy(a) for a in split) for split in digits(seed))
+def load_data(seed: int, batch_size: int) -> tuple[DataLoader, DataLoader]:
+    """Replace with your data: (train, val) DataLoaders over the whole data set.
+
+    Every worker builds the same loaders; the Trainer swaps in its distributed sampler, so each
+    worker reads its own shard (with this loader's workers, collate_fn and other settings).
+    """
+    (x_train, y_train), (x_val, y_val) = digits(seed)
+    train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    val = TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val))
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=1),
+            DataLoader(val, batch_size=batch_size, num_workers=1))
 
 
 def build_model() -> nn.Module:
@@ -41,12 +50,13 @@ def main() -> None:
     args = parse_args()
     # Checked before Horovod starts: a bad key fails at once, with the valid keys.
     try:
-        options = load_options(args.config, epochs=args.epochs, output_dir=args.output_dir, resume=args.resume or None)
+        options = load_options(args.config, epochs=args.epochs, output_dir=args.output_dir,
+                               resume=args.resume or None)
     except OptionsError as err:
         raise SystemExit(f"error: {err}") from None
     backend = ht.init()
     torch.manual_seed(options.seed)
-    train, val = load_data(options.seed)
+    train, val = load_data(options.seed, options.batch_size)
     model = build_model()
     trainer = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=options.lr, momentum=0.9),
                          nn.functional.cross_entropy, train_data=train, val_data=val,

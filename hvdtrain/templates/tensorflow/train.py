@@ -41,7 +41,8 @@ def main() -> None:
     args = parse_args()
     # Checked before TensorFlow and Horovod start: a bad key fails at once, with the valid keys.
     try:
-        options = load_options(args.config, epochs=args.epochs, output_dir=args.output_dir, resume=args.resume or None)
+        options = load_options(args.config, epochs=args.epochs, output_dir=args.output_dir,
+                               resume=args.resume or None)
     except OptionsError as err:
         raise SystemExit(f"error: {err}") from None
     if options.checkpoint_every_n_steps:
