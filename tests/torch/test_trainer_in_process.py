@@ -101,3 +101,14 @@ def test_the_loss_scale_is_checkpointed_and_resumed(tmp_path):
     resumed = trainer(tmp_path, epochs=3, precision="16-mixed", resume=True)
     resumed.callbacks.on_train_begin(resumed.ctx)
     assert resumed.precision.scaler.get_scale() == scale
+
+
+def test_a_torch_compiled_model_trains_under_the_trainer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    run = ht.Trainer(torch.compile(model), torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy,
+                     tensors(0), tensors(1, 60), backend=ht.SerialBackend(), epochs=3, batch_size=16, progress=False)
+    history = run.fit()
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the original module trained"
