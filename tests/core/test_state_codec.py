@@ -84,7 +84,7 @@ def test_a_value_without_a_safe_encoding_is_refused_naming_where_it_is():
 def test_a_pickle_payload_is_refused_and_the_command_in_it_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps({"model_optimizer": Touch(marker)})
-    with pytest.raises(LegacyCheckpointError, match="is a Python pickle: the format of hvdtrain 0.1.0"):
+    with pytest.raises(LegacyCheckpointError, match=r"is a Python pickle: the format of hvdtrain 0\.1\.0"):
         decode_state(payload)
     assert not marker.exists()
     pickle.loads(payload)  # the control: the planted payload does run its command when unpickled
