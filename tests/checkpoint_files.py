@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 from hvdtrain.core.checkpoint_io import read_checkpoint, write_checkpoint
+from hvdtrain.core.state_codec import MAGIC
 
 
 class Touch:
@@ -40,11 +42,37 @@ def rewrite_as_legacy(path: Path, adapter: Any, target: Path | None = None) -> P
     return write_checkpoint(target or path, fields, legacy_payload(state, header["framework"]))
 
 
-def plant_pickle(directory: Path, marker: Path, framework: str, epoch: int = 1, global_step: int = 10,
-                 world_size: int = 2) -> Path:
-    """A checkpoint with a valid header and checksum whose payload runs ``touch marker`` when unpickled."""
+def pickled_section_payload(marker: Path, framework: str) -> bytes:
+    """A payload in the safe format whose array section is a pickle that runs ``touch marker``.
+
+    PyTorch: a ``torch.save`` list holding the command; TensorFlow: an ``.npz`` with an object array.
+    """
+    if framework == "torch":
+        tag, section = "$tensor", legacy_payload([Touch(marker)], "torch")
+    else:
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez(buffer, a0=np.array([Touch(marker)], dtype=object))  # np.savez pickles object arrays
+        tag, section = "$array", buffer.getvalue()
+    index = {"sections": [{"tag": tag, "bytes": len(section), "meta": {"count": 1}}],
+             "tree": {"model_optimizer": {tag: 0}, "progress": {}}}
+    return MAGIC + json.dumps(index).encode() + b"\n" + section
+
+
+def plant_pickle(directory: Path, marker: Path, framework: str, where: str = "payload", epoch: int = 1,
+                 global_step: int = 10, world_size: int = 2) -> Path:
+    """A checkpoint with a valid header and checksum holding a pickle that runs ``touch marker`` when loaded.
+
+    Args:
+        where: "payload": the whole payload is the pickle (hvdtrain 0.1.0's format); "section": a safe
+            payload whose array section is the pickle.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     header = {"epoch": epoch, "global_step": global_step, "world_size": world_size, "framework": framework,
               "score": None, "mode": "min", "monitor": None}
-    payload = legacy_payload({"model_optimizer": Touch(marker), "progress": {}}, framework)
+    if where == "payload":
+        payload = legacy_payload({"model_optimizer": Touch(marker), "progress": {}}, framework)
+    else:
+        payload = pickled_section_payload(marker, framework)
     return write_checkpoint(directory / f"ckpt-epoch{epoch:04d}-step{global_step:08d}.ckpt", header, payload)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import pickle
 from collections import OrderedDict
 
@@ -22,16 +21,7 @@ from hvdtrain.core.state_codec import (
     encode_state,
     legacy_message,
 )
-
-
-class Touch:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+from tests.checkpoint_files import Touch, pickled_section_payload
 
 
 def test_nested_python_values_and_arrays_round_trip_with_their_types():
@@ -93,14 +83,11 @@ def test_a_pickle_payload_is_refused_and_the_command_in_it_never_runs(tmp_path):
 
 def test_a_pickled_array_section_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
-    buffer = io.BytesIO()
-    np.savez(buffer, a0=np.array([Touch(marker)], dtype=object))  # np.savez pickles object arrays
-    section = buffer.getvalue()
-    index = {"sections": [{"tag": "$array", "bytes": len(section), "meta": {"count": 1}}], "tree": {"$array": 0}}
-    payload = MAGIC + json.dumps(index).encode() + b"\n" + section
+    payload = pickled_section_payload(marker, "numpy")
     with pytest.raises(UnsafeCheckpointError, match="array section holds pickled objects"):
         decode_state(payload)
     assert not marker.exists()
+    section = payload[payload.index(b"\n", len(MAGIC)) + 1:]
     np.load(io.BytesIO(section), allow_pickle=True)["a0"]  # the control: loading it unsafely runs the command
     assert marker.exists()
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import re
@@ -19,7 +18,7 @@ from hvdtrain.cli import main
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager
 from hvdtrain.core.checkpoint_io import read_checkpoint, write_checkpoint
 from hvdtrain.core.state_codec import MAGIC, LegacyCheckpointError, UnsafeCheckpointError
-from tests.checkpoint_files import Touch, plant_pickle, rewrite_as_legacy
+from tests.checkpoint_files import pickled_section_payload, plant_pickle, rewrite_as_legacy
 from tests.launch import QUIET_ENV, REPO
 from tests.probes import make_data
 
@@ -79,16 +78,12 @@ def test_model_optimizer_scaler_and_rng_state_round_trip():
 
 def test_a_tensor_section_holding_a_pickled_command_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
-    buffer = io.BytesIO()
-    torch.save([torch.zeros(2), Touch(marker)], buffer)
-    section = buffer.getvalue()
-    index = {"sections": [{"tag": "$tensor", "bytes": len(section), "meta": {"count": 2}}],
-             "tree": {"$tensor": 0}}
-    payload = MAGIC + json.dumps(index).encode() + b"\n" + section
+    payload = pickled_section_payload(marker, "torch")
     with pytest.raises(UnsafeCheckpointError, match=r"tensor section holds objects other than tensors, .*GLOBAL "
                                                     r"posix\.system"):
         adapter().deserialize(payload)
     assert not marker.exists()
+    section = payload[payload.index(b"\n", len(MAGIC)) + 1:]
     torch.load(io.BytesIO(section), weights_only=False)  # the control: an unsafe load runs the command
     assert marker.exists()
 
