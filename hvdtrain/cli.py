@@ -147,12 +147,16 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from hvdtrain.launcher.convert import convert_checkpoint, read_legacy, trust_warning
+    from hvdtrain.launcher.convert import AlreadySafeError, convert_checkpoint, read_legacy, trust_warning
 
     if args.output and len(args.checkpoints) > 1:
         raise LaunchError("--output takes one checkpoint; convert several without it (each to NAME.safe.ckpt)")
     for path in args.checkpoints:
-        read_legacy(path)  # missing, damaged or already safe: say so before any warning or question
+        try:
+            read_legacy(path)  # missing, damaged or already safe: say so before any warning or question
+        except AlreadySafeError as note:
+            print(f"{note}; skipped", flush=True)
+            continue
         print(trust_warning(path), file=sys.stderr, flush=True)
         if not args.yes and not _confirmed(path):
             raise LaunchError(f"{path} was not converted: run again with --yes if you trust it")

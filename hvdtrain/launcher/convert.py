@@ -20,6 +20,10 @@ from hvdtrain.launcher.errors import LaunchError
 FRAMEWORKS = ("torch", "tensorflow")
 
 
+class AlreadySafeError(LaunchError):
+    """The checkpoint is already in the safe format: there is nothing to convert."""
+
+
 def trust_warning(path: str | os.PathLike) -> str:
     """What the user is told before a legacy checkpoint is unpickled."""
     return (f"WARNING: {path} is a checkpoint of hvdtrain 0.1.0, stored as a pickle. Converting it unpickles "
@@ -31,7 +35,8 @@ def read_legacy(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     """Read and verify a checkpoint that needs converting (nothing is unpickled here).
 
     Raises:
-        LaunchError: the file is missing, damaged, or already in the safe format.
+        AlreadySafeError: the file is already in the safe format.
+        LaunchError: the file is missing or damaged.
     """
     path = Path(path)
     if not path.is_file():
@@ -41,7 +46,7 @@ def read_legacy(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     except CheckpointError as err:
         raise LaunchError(f"{err} (nothing was converted)") from err
     if is_safe_payload(payload):
-        raise LaunchError(f"{path} is already in the safe format: resume from it as it is")
+        raise AlreadySafeError(f"{path} is already in the safe format: resume from it as it is")
     return header, payload
 
 

@@ -130,18 +130,30 @@ def test_a_0_1_0_checkpoint_is_refused_then_converted_on_request_and_resumes_exa
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--yes", "{safe}"], "is already in the safe format: resume from it as it is"),
     (["--yes", "{missing}"], "does not exist; pass a .ckpt file written by hvdtrain 0.1.0"),
+    (["--yes", "{damaged}"], "is truncated"),
     (["--yes", "-o", "x.ckpt", "{safe}", "{safe}"], "--output takes one checkpoint"),
 ])
 def test_convert_checkpoint_refuses_what_it_cannot_convert(tmp_path, capsys, argv, message):
     safe = write_checkpoint(tmp_path / "a.ckpt", {"epoch": 0, "global_step": 0, "framework": "torch"},
                             adapter().serialize({"w": torch.zeros(1)}))
-    names = {"safe": safe, "missing": tmp_path / "missing.ckpt"}
+    damaged = write_checkpoint(tmp_path / "b.ckpt", {"epoch": 0, "global_step": 0}, b"\x80 a pickle")
+    damaged.write_bytes(damaged.read_bytes()[:-2])
+    names = {"safe": safe, "missing": tmp_path / "missing.ckpt", "damaged": damaged}
     assert main(["convert-checkpoint", *(a.format(**names) for a in argv)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hvdtrain convert-checkpoint: error: ") and message in err
     assert "WARNING" not in err, "nothing is unpickled, so there is nothing to warn about"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt"], "nothing was written"
+
+
+def test_an_already_safe_checkpoint_is_skipped_so_a_glob_over_a_directory_works(tmp_path, capsys):
+    safe = write_checkpoint(tmp_path / "a.ckpt", {"epoch": 0, "global_step": 0, "framework": "torch"},
+                            adapter().serialize({"w": torch.zeros(1)}))
+    assert main(["convert-checkpoint", "--yes", str(safe)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{safe} is already in the safe format: resume from it as it is; skipped" in out
+    assert "WARNING" not in err and [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
 
 
 def test_the_hvdtrain_command_converts_from_a_shell(tmp_path):
