@@ -154,10 +154,14 @@ class ResumeFromCheckpoint(Callback):
         except CheckpointError as err:
             return {"error": f"{info.path} was refused: {err}"}
         try:
-            ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
+            return self._restore_on_root(ctx, info, state, old_size)
         except Exception as err:  # sent to every rank: raising here alone would hang the others
             log.exception("could not restore %s", info.path)
-            return {"error": f"could not restore {info.path} into this model: {type(err).__name__}: {err}"}
+            return {"error": f"could not restore {info.path}: {type(err).__name__}: {err}"}
+
+    def _restore_on_root(self, ctx: TrainContext, info: CheckpointInfo, state: dict[str, Any],
+                         old_size: int) -> dict[str, Any]:
+        ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
         history = state.get("history", state["progress"].get("history", []))  # 0.1.0 kept it in "progress"
         return {"path": str(info.path), "world_size": old_size, "progress": state["progress"], "history": history,
                 "callbacks": state["callbacks"], "rng": state["rng"]}

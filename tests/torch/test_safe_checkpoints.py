@@ -167,3 +167,16 @@ def test_the_hvdtrain_command_converts_from_a_shell(tmp_path):
     converted = old.with_name(f"{old.name[:-5]}.safe.ckpt")
     state = adapter().deserialize(read_checkpoint(converted)[1])
     assert state["progress"]["epoch"] == 1 and "model" in state["model_optimizer"]
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_a_checkpoint_error_naming_it(tmp_path):
+    trainer(tmp_path, epochs=1).fit()
+    saved = CheckpointManager(tmp_path).checkpoints()[-1].path
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2))
+    wrong = ht.Trainer(other, torch.optim.Adam(other.parameters()), nn.functional.cross_entropy, tensors(0),
+                       backend=ht.SerialBackend(), checkpoint_dir=tmp_path, resume=True, epochs=2, progress=False)
+    # A CheckpointError is what ResumeFromCheckpoint broadcasts, so every rank of a job raises it together.
+    with pytest.raises(CheckpointError, match=rf"could not restore {re.escape(str(saved))}: RuntimeError: Error\(s\) "
+                                              r"in loading state_dict"):
+        wrong.fit()
