@@ -21,6 +21,7 @@ from hvdtrain.callbacks import (
     StopOnNonFinite,
     TensorBoardLogger,
 )
+from hvdtrain.core.agreement import StateMismatchError
 from hvdtrain.core.backend import Backend, SerialBackend
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager
 from hvdtrain.core.context import TrainContext
@@ -46,6 +47,7 @@ __all__ = [
     "ProgressBar",
     "ResumeFromCheckpoint",
     "SerialBackend",
+    "StateMismatchError",
     "StepOutcome",
     "StopOnNonFinite",
     "TensorBoardLogger",

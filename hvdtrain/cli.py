@@ -4,6 +4,7 @@
     hvdtrain run --config run.yaml -H node1:4,node2:4 train.py
     hvdtrain doctor --require torch,mpi
     hvdtrain new vision-team --framework pytorch --nodes 2 --gpus-per-node 4
+    hvdtrain convert-checkpoint checkpoints/ckpt-epoch0003-step00000069.ckpt
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def _build_parser() -> argparse.ArgumentParser:
     from hvdtrain import __version__
 
     parser.add_argument("--version", action="version", version=f"hvdtrain {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{run,doctor,new}")
+    subparsers = parser.add_subparsers(dest="command", required=True,
+                                       metavar="{run,doctor,new,convert-checkpoint}")
     _add_run_parser(subparsers)
     doctor = subparsers.add_parser("doctor", help="versions, what Horovod was built with, known problems")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -86,7 +88,21 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="GPUs per node, one worker each; 0 for CPU clusters (default 0)")
     shape.add_argument("--workers-per-node", type=int, metavar="W",
                        help=f"workers per node on CPU clusters (default {CPU_WORKERS_PER_NODE})")
+    _add_convert_parser(subparsers)
     return parser
+
+
+def _add_convert_parser(subparsers: Any) -> None:
+    convert = subparsers.add_parser(
+        "convert-checkpoint", help="rewrite hvdtrain 0.1.0 checkpoints (pickles) in the safe format",
+        description="Unpickle checkpoints written by hvdtrain 0.1.0 and write each as NAME.safe.ckpt beside it, "
+                    "in the format resume loads without running code. Unpickling runs any code stored in a "
+                    "file: convert only checkpoints you trust. The old files are left as they are.")
+    convert.add_argument("checkpoints", nargs="+", metavar="CKPT", help="hvdtrain 0.1.0 checkpoint files")
+    convert.add_argument("-o", "--output", metavar="FILE",
+                         help="where to write the converted checkpoint (one CKPT only; default NAME.safe.ckpt)")
+    convert.add_argument("-y", "--yes", action="store_true",
+                         help="I trust these files: convert without asking (needed when stdin is not a terminal)")
 
 
 _NOT_OPTIONS = {"command", "config", "dry_run", "script", "script_args"}
@@ -141,6 +157,32 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from hvdtrain.launcher.convert import AlreadySafeError, convert_checkpoint, read_legacy, trust_warning
+
+    if args.output and len(args.checkpoints) > 1:
+        raise LaunchError("--output takes one checkpoint; convert several without it (each to NAME.safe.ckpt)")
+    for path in args.checkpoints:
+        try:
+            read_legacy(path)  # missing, damaged or already safe: say so before any warning or question
+        except AlreadySafeError as note:
+            print(f"{note}; skipped", flush=True)
+            continue
+        print(trust_warning(path), file=sys.stderr, flush=True)
+        if not args.yes and not _confirmed(path):
+            raise LaunchError(f"{path} was not converted: run again with --yes if you trust it")
+        target = convert_checkpoint(path, args.output)
+        print(f"wrote {target} in the safe format; {path} is unchanged. Resume from {target} or its directory.",
+              flush=True)
+    return 0
+
+
+def _confirmed(path: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"Unpickle {path}? [y/N] ").strip().lower() in ("y", "yes")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hvdtrain`` command; returns the exit status.
 
@@ -152,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
-    handlers = {"run": _run, "doctor": _doctor, "new": _new}
+    handlers = {"run": _run, "doctor": _doctor, "new": _new, "convert-checkpoint": _convert}
     try:
         return handlers[args.command](args)
     except LaunchError as err:

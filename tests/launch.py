@@ -70,3 +70,14 @@ def results(output: str | subprocess.CompletedProcess, tag: str = "RESULT") -> d
             payload = json.loads(line[marker + len(tag) + 1:])
             found[payload["rank"]] = payload
     return found
+
+
+def rank_errors(proc: subprocess.CompletedProcess, np: int = 2) -> dict[int, str]:
+    """The error each rank reported (workers run with ``--expect-error``); fails unless every rank reported one."""
+    found = results(proc)
+    output = f"\n--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    assert proc.returncode != 0, f"the job succeeded{output}"
+    assert sorted(found) == list(range(np)), f"ranks {sorted(found)} reported, not all {np}{output}"
+    missing = [rank for rank, payload in found.items() if "error" not in payload]
+    assert not missing, f"ranks {missing} finished without an error{output}"
+    return {rank: payload["error"] for rank, payload in found.items()}

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import resource
 import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hvdtrain.callbacks import Callback, Order, ResumeFromCheckpoint
+from tests.launch import report
 
 
 class RankMetric(Callback):
@@ -57,6 +64,54 @@ class Plateau(Callback):
         ctx.logs["plateau"] = 1.0 if ctx.epoch == 0 else 2.0
 
 
+class LimitFileSize(Callback):
+    """From ``epoch`` on, rank 0 may write at most ``limit`` bytes to a file (RLIMIT_FSIZE): a full disk for it.
+
+    Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as one on a full disk fails with ENOSPC.
+    """
+
+    def __init__(self, epoch: int, limit: int = 4096) -> None:
+        self.epoch, self.limit, self.saved = epoch, limit, None
+
+    def on_epoch_begin(self, ctx):
+        if ctx.rank == 0 and ctx.epoch == self.epoch:
+            self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.saved[1]))
+
+    def on_exception(self, ctx, error):
+        self.on_train_end(ctx)
+
+    def on_train_end(self, ctx):
+        if self.saved is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+
+
+class FillDisk(Callback):
+    """At ``epoch``, rank 0 fills the file system holding ``directory`` (a small tmpfs) with a file beside it."""
+
+    def __init__(self, epoch: int, directory: str) -> None:
+        self.epoch, self.filler = epoch, Path(directory).parent / "filler"
+
+    def on_epoch_begin(self, ctx):
+        if ctx.rank != 0 or ctx.epoch != self.epoch:
+            return
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for chunk in (1 << 16, 1 << 12, 1):
+                _write_until_full(fd, b"\0" * chunk)
+        finally:
+            os.close(fd)
+
+
+def _write_until_full(fd: int, chunk: bytes) -> None:
+    try:
+        while True:
+            os.write(fd, chunk)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+
+
 def make_data(seed: int, n: int = 300):
     rng = np.random.RandomState(seed)
     x = rng.randn(n, 10).astype(np.float32)
@@ -78,7 +133,33 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--nan-at-step", type=int)
     p.add_argument("--rank-metric", action="store_true")
     p.add_argument("--strict-world-size", action="store_true")
+    p.add_argument("--rank1-hidden", type=int, help="rank 1 builds a hidden layer of this width (a shape mismatch)")
+    p.add_argument("--rank1-extra-layer", action="store_true", help="rank 1 builds one more layer than rank 0")
+    p.add_argument("--fsize-limit-at-epoch", type=int, help="rank 0's file writes fail from this epoch on")
+    p.add_argument("--fill-disk-at-epoch", type=int, help="rank 0 fills the checkpoint file system at this epoch")
+    p.add_argument("--expect-error", action="store_true", help="report an exception per rank instead of crashing")
     return p
+
+
+def hidden_width(args: argparse.Namespace, rank: int, default: int = 16) -> int:
+    """The hidden layer's width on this rank: ``--rank1-hidden`` makes rank 1 differ."""
+    return args.rank1_hidden if rank == 1 and args.rank1_hidden else default
+
+
+def run_reporting_errors(args: argparse.Namespace, backend: Any, train: Callable[[], None]) -> None:
+    """Run ``train``; with ``--expect-error``, an exception is reported as this rank's result and exits 1.
+
+    Every rank reports before any exits (a barrier), since launchers stop the job at the first failed rank.
+    """
+    if not args.expect_error:
+        train()
+        return
+    try:
+        train()
+    except Exception as err:
+        report({"rank": backend.rank, "error": f"{type(err).__name__}: {err}"})
+        backend.barrier()
+        sys.exit(1)
 
 
 def probe_callbacks(args: argparse.Namespace) -> tuple[Recorder, list[Callback]]:
@@ -93,4 +174,8 @@ def probe_callbacks(args: argparse.Namespace) -> tuple[Recorder, list[Callback]]
         found.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
     if args.die_at_step is not None:
         found.append(DieAtStep(args.die_at_step, args.die_rank))
+    if args.fsize_limit_at_epoch is not None:
+        found.append(LimitFileSize(args.fsize_limit_at_epoch))
+    if args.fill_disk_at_epoch is not None:
+        found.append(FillDisk(args.fill_disk_at_epoch, args.checkpoint_dir))
     return recorder, found

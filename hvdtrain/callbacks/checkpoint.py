@@ -11,6 +11,7 @@ from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, load_file
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.state_codec import LegacyCheckpointError, legacy_message
 
 log = logging.getLogger("hvdtrain")
 
@@ -78,11 +79,17 @@ class ModelCheckpoint(Callback):
                     "monitor": self.monitor.metric if self.monitor else None,
                     "versions": dict(ctx.adapter.versions(), hvdtrain=__version__)}
         try:
-            path = self.manager.save(ctx.adapter.serialize(state), epoch=resume_point["epoch"],
+            payload = ctx.adapter.serialize(state)
+        except (TypeError, ValueError) as err:
+            log.exception("could not encode the checkpoint state")
+            return {"error": f"could not encode the checkpoint state: {err}"}
+        try:
+            path = self.manager.save(payload, epoch=resume_point["epoch"],
                                      global_step=ctx.global_step, score=score, metadata=metadata)
         except OSError as err:
             return {"error": f"could not write a checkpoint in {self.manager.directory}: {err}. "
-                             "Free disk space or choose another checkpoint directory."}
+                             "Free disk space or choose another checkpoint directory; the previous "
+                             "checkpoints are untouched."}
         log.info("saved checkpoint %s", path)
         return {"path": str(path)}
 
@@ -140,7 +147,20 @@ class ResumeFromCheckpoint(Callback):
             return {"error": f"{info.path} was written by a job of {old_size} workers but this job has "
                              f"{ctx.size}. Relaunch with -np {old_size}, or resume with "
                              "on_world_size_change='reshard' to re-shard the data."}
-        state = ctx.adapter.deserialize(payload)
+        try:
+            state = ctx.adapter.deserialize(payload)
+        except LegacyCheckpointError as err:
+            return {"error": legacy_message(info.path, err)}
+        except CheckpointError as err:
+            return {"error": f"{info.path} was refused: {err}"}
+        try:
+            return self._restore_on_root(ctx, info, state, old_size)
+        except Exception as err:  # sent to every rank: raising here alone would hang the others
+            log.exception("could not restore %s", info.path)
+            return {"error": f"could not restore {info.path}: {type(err).__name__}: {err}"}
+
+    def _restore_on_root(self, ctx: TrainContext, info: CheckpointInfo, state: dict[str, Any],
+                         old_size: int) -> dict[str, Any]:
         ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
         history = state.get("history", state["progress"].get("history", []))  # 0.1.0 kept it in "progress"
         return {"path": str(info.path), "world_size": old_size, "progress": state["progress"], "history": history,

@@ -13,10 +13,13 @@ class FrameworkAdapter(Protocol):
     backend: Backend
 
     def broadcast_state(self, model: Any, optimizer: Any, root: int = 0) -> None:
-        """Make every rank's model and optimizer state equal to ``root``'s."""
+        """Make every rank's model and optimizer state equal to ``root``'s.
+
+        Checks first that every rank holds the same tensors (``core.agreement.check_ranks_agree``).
+        """
 
     def state_dict(self, model: Any, optimizer: Any) -> dict[str, Any]:
-        """Model and optimizer state, picklable by ``serialize``."""
+        """Model and optimizer state: nested dicts, lists, tuples, scalars, strings, None and tensors."""
 
     def load_state_dict(self, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
@@ -34,10 +37,15 @@ class FrameworkAdapter(Protocol):
         """Restore what ``rng_state`` returned."""
 
     def serialize(self, obj: Any) -> bytes:
-        """Encode a checkpoint payload."""
+        """Encode a checkpoint payload in the safe format (``core.state_codec.encode_state``)."""
 
     def deserialize(self, data: bytes) -> Any:
-        """Decode what ``serialize`` returned."""
+        """Decode what ``serialize`` returned without unpickling anything (``core.state_codec.decode_state``).
+
+        Raises:
+            LegacyCheckpointError: the payload is a pickle of hvdtrain 0.1.0.
+            CheckpointError: the payload is damaged or holds pickled objects.
+        """
 
     def versions(self) -> dict[str, str]:
         """Versions to record in checkpoints (framework, Horovod)."""

@@ -1,7 +1,6 @@
 """The TensorFlow / Keras 3 framework adapter: broadcast, state I/O, learning rates and RNG."""
 from __future__ import annotations
 
-import pickle
 import random
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -10,6 +9,9 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
+from hvdtrain.core.agreement import check_ranks_agree
+from hvdtrain.core.state_codec import decode_state, encode_state
 
 STATE_FORMAT = "hvdtrain.tensorflow/1"
 
@@ -32,7 +34,16 @@ class TensorFlowAdapter:
         self.backend = backend
 
     def broadcast_state(self, model: keras.Model, optimizer: Any, root: int = 0) -> None:
+        """Check that every rank has the same variables (count, shapes, dtypes), then broadcast ``root``'s.
+
+        Variables are matched by position, as the broadcast and checkpoints match them, so
+        Keras' auto-generated layer names may differ between ranks.
+
+        Raises:
+            StateMismatchError: on every rank, naming the first variable that differs.
+        """
         variables = state_variables(model, optimizer)
+        check_ranks_agree(self.backend, variable_specs(variables), "model and optimizer", match_names=False)
         if self.backend.size > 1:
             # Horovod's broadcast needs the underlying tf.Variables, not Keras 3 wrappers.
             self.backend.broadcast_variables([v.value for v in variables], root)
@@ -89,11 +100,12 @@ class TensorFlowAdapter:
             keras_seed.state.assign(state["keras_seed"])
 
     def serialize(self, obj: Any) -> bytes:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        """A safe payload: JSON structure, NumPy arrays as ``.npz``."""
+        return encode_state(obj)
 
     def deserialize(self, data: bytes) -> Any:
-        # Checkpoints are pickles: only load files you trust.
-        return pickle.loads(data)
+        """Decode ``serialize``'s payload; arrays are read with ``allow_pickle=False``, nothing is unpickled."""
+        return decode_state(data)
 
     def versions(self) -> dict[str, str]:
         return {"tensorflow": tf.__version__, "keras": keras.__version__, "horovod": version("horovod")}
@@ -138,6 +150,11 @@ def state_variables(model: keras.Model, optimizer: Any = None) -> list[Any]:
         build_optimizer(optimizer, model)
         variables += list(optimizer.variables)
     return variables
+
+
+def variable_specs(variables: Sequence[Any]) -> list[tuple[str, tuple[int, ...], str]]:
+    """(path, shape, dtype) of each variable: what the initial broadcast sends, in its order."""
+    return [(getattr(v, "path", v.name), tuple(int(d) for d in v.shape), str(v.dtype)) for v in variables]
 
 
 def _snapshot(variables: Sequence[Any]) -> dict[str, list[Any]]:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import io
+import pickle
 import random
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 import torch
+
+from hvdtrain.core.agreement import check_ranks_agree
+from hvdtrain.core.checkpoint_io import CheckpointError
+from hvdtrain.core.state_codec import UnsafeCheckpointError, decode_state, encode_state
 
 
 class TorchAdapter:
@@ -26,6 +31,12 @@ class TorchAdapter:
         self.extra_state = dict(extra_state or {})
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
+        """Check that every rank has the same tensors (names, shapes, dtypes), then broadcast ``root``'s.
+
+        Raises:
+            StateMismatchError: on every rank, naming the first tensor that differs.
+        """
+        check_ranks_agree(self.backend, state_specs(model), "model", match_names=True)
         self.backend.broadcast_state(model, optimizer, root)
         if self.extra_state:
             states = self.backend.broadcast_object({k: v.state_dict() for k, v in self.extra_state.items()}, root)
@@ -68,13 +79,12 @@ class TorchAdapter:
             torch.cuda.set_rng_state_all(state["cuda"])
 
     def serialize(self, obj: Any) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        return buffer.getvalue()
+        """A safe payload: JSON structure, tensors through ``torch.save``, NumPy arrays as ``.npz``."""
+        return encode_state(obj, (TorchTensors(),))
 
     def deserialize(self, data: bytes) -> Any:
-        # Checkpoints hold optimizer and RNG state, not only tensors: only load files you trust.
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        """Decode ``serialize``'s payload; tensors are read with ``weights_only=True``, nothing is unpickled."""
+        return decode_state(data, (TorchTensors(),))
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "horovod": version("horovod")}
@@ -83,10 +93,56 @@ class TorchAdapter:
 def broadcast_state(model: torch.nn.Module, optimizer: Any = None, backend: Any = None, root: int = 0) -> None:
     """Make every rank's model (and optimizer) state equal to ``root``'s. Call before the first step.
 
-    For hand-written loops; ``Trainer`` does this for you.
+    For hand-written loops; ``Trainer`` does this for you. Ranks whose models differ get an error
+    naming the first tensor that differs instead of a hang.
     """
     if backend is None:
         from hvdtrain.torch.backend import HorovodBackend
 
         backend = HorovodBackend()
-    backend.broadcast_state(model, optimizer, root)
+    TorchAdapter(backend).broadcast_state(model, optimizer, root)
+
+
+def state_specs(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every tensor in ``model.state_dict()``: what the initial broadcast sends."""
+    return [(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+            for name, tensor in model.state_dict().items()]
+
+
+class TorchTensors:
+    """The checkpoint section of PyTorch tensors: ``torch.save`` of a list, read with ``weights_only=True``.
+
+    Tensors keep their dtype (bfloat16 included); they load on the CPU, and ``load_state_dict``
+    moves them to the model's device.
+    """
+
+    tag = "$tensor"
+
+    def accepts(self, obj: Any) -> bool:
+        return isinstance(obj, torch.Tensor)
+
+    def dump(self, leaves: list[Any]) -> tuple[bytes, dict[str, Any]]:
+        buffer = io.BytesIO()
+        torch.save([tensor.detach() for tensor in leaves], buffer)
+        return buffer.getvalue(), {"count": len(leaves)}
+
+    def load(self, data: bytes, meta: dict[str, Any]) -> list[Any]:
+        try:
+            tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(
+                "its tensor section holds objects other than tensors, which hvdtrain never writes (torch refused "
+                f"to load it with weights_only=True: {_reason(err)}); the file was crafted or "
+                "damaged") from err
+        except (RuntimeError, OSError, EOFError) as err:
+            raise CheckpointError(f"its tensor section is damaged ({err})") from err
+        if not isinstance(tensors, list) or not all(isinstance(t, torch.Tensor) for t in tensors) \
+                or len(tensors) != int(meta.get("count", -1)):
+            raise CheckpointError("its tensor section is not the list of tensors its index describes")
+        return tensors
+
+
+def _reason(error: Exception) -> str:
+    """The line of torch's weights-only refusal that says what it refused (e.g. which global)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "unsupported" in line.lower()), lines[-1] if lines else repr(error))

@@ -11,7 +11,7 @@ import numpy as np
 import hvdtrain.tensorflow as htf
 from hvdtrain.callbacks import Callback
 from tests.launch import report
-from tests.probes import make_data, probe_callbacks, worker_parser
+from tests.probes import hidden_width, make_data, probe_callbacks, run_reporting_errors, worker_parser
 
 
 def parse_args():
@@ -21,12 +21,15 @@ def parse_args():
     return p.parse_args()
 
 
-def build_model(rank: int):
+def build_model(args, rank: int):
     import keras
 
     keras.utils.set_random_seed(1234 + rank)  # different init per rank: broadcast must fix it
-    return keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"),
-                             keras.layers.Dropout(0.2), keras.layers.Dense(2)])
+    layers = [keras.Input((10,)), keras.layers.Dense(hidden_width(args, rank), activation="relu"),
+              keras.layers.Dropout(0.2), keras.layers.Dense(2)]
+    if args.rank1_extra_layer and rank == 1:
+        layers.append(keras.layers.Dense(2))
+    return keras.Sequential(layers)
 
 
 def make_loss(args, rank):
@@ -86,7 +89,11 @@ def run_fit(args, backend, model, extra):
 def main() -> None:
     args = parse_args()
     backend = htf.init()
-    model = build_model(backend.rank)
+    run_reporting_errors(args, backend, lambda: train(args, backend))
+
+
+def train(args, backend) -> None:
+    model = build_model(args, backend.rank)
     recorder, extra = probe_callbacks(args)
     ctx, history = (run_trainer if args.api == "trainer" else run_fit)(args, backend, model, extra)
     params = np.concatenate([w.ravel() for w in model.get_weights()])

@@ -8,7 +8,7 @@ from torch import nn
 
 import hvdtrain.torch as ht
 from tests.launch import report
-from tests.probes import make_data, probe_callbacks, worker_parser
+from tests.probes import hidden_width, make_data, probe_callbacks, run_reporting_errors, worker_parser
 
 
 def make_tensors(seed: int, n: int = 300):
@@ -20,6 +20,15 @@ def param_digest(model: nn.Module) -> tuple[str, list[float]]:
     return hashlib.sha256(flat.numpy().tobytes()).hexdigest(), flat[:5].tolist()
 
 
+def build_model(args, rank: int) -> nn.Module:
+    torch.manual_seed(1234 + rank)  # different init per rank: broadcast must fix it
+    hidden = hidden_width(args, rank)
+    layers = [nn.Linear(10, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 2)]
+    if args.rank1_extra_layer and rank == 1:
+        layers.append(nn.Linear(2, 2))
+    return nn.Sequential(*layers)
+
+
 def main() -> None:
     p = worker_parser()
     p.add_argument("--no-metric-average", action="store_true")
@@ -28,10 +37,12 @@ def main() -> None:
     p.add_argument("--device", help="default: cuda:<local_rank> with CUDA, else cpu")
     p.add_argument("--onecycle", action="store_true", help="drive the LR with torch's OneCycleLR")
     args = p.parse_args()
-
     backend = ht.init()
-    torch.manual_seed(1234 + backend.rank)  # different init per rank: broadcast must fix it
-    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+    run_reporting_errors(args, backend, lambda: train(args, backend))
+
+
+def train(args, backend) -> None:
+    model = build_model(args, backend.rank)
     loss_fn = nn.functional.cross_entropy
     if args.nan_at_step is not None:
         state = {"calls": 0}
