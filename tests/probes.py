@@ -45,14 +45,15 @@ class Recorder(Callback):
 
 
 class DieAtStep(Callback):
-    """SIGKILLs this process at a global step (a crash that leaves no chance to clean up)."""
+    """Sends this process a signal at a global step: SIGKILL (a crash that leaves no chance to clean
+    up) or SIGSTOP (a rank that stops making progress)."""
 
-    def __init__(self, step, rank):
-        self.step, self.rank = step, rank
+    def __init__(self, step, rank, signum=signal.SIGKILL):
+        self.step, self.rank, self.signum = step, rank, signum
 
     def on_batch_end(self, ctx):
         if ctx.global_step == self.step and ctx.rank == self.rank:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signum)
 
 
 class Plateau(Callback):
@@ -128,6 +129,7 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--die-at-step", type=int)
     p.add_argument("--die-rank", type=int, default=1)
+    p.add_argument("--stop-at-step", type=int, help="SIGSTOP rank --die-rank at this step")
     p.add_argument("--warmup-epochs", type=float, default=0.0)
     p.add_argument("--patience", type=int)
     p.add_argument("--nan-at-step", type=int)
@@ -174,6 +176,8 @@ def probe_callbacks(args: argparse.Namespace) -> tuple[Recorder, list[Callback]]
         found.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
     if args.die_at_step is not None:
         found.append(DieAtStep(args.die_at_step, args.die_rank))
+    if args.stop_at_step is not None:
+        found.append(DieAtStep(args.stop_at_step, args.die_rank, signal.SIGSTOP))
     if args.fsize_limit_at_epoch is not None:
         found.append(LimitFileSize(args.fsize_limit_at_epoch))
     if args.fill_disk_at_epoch is not None:

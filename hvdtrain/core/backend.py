@@ -1,6 +1,7 @@
 """The collective operations the core needs, and a serial backend for one process."""
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -39,6 +40,9 @@ class Backend(Protocol):
     def barrier(self) -> None:
         """Block until every rank has reached this point."""
 
+    def watch(self, what: str) -> contextlib.AbstractContextManager:
+        """Context for a wait on the other ranks (``what`` names it), ended with a message if it never returns."""
+
 
 class SerialBackend:
     """A backend for a single process: every collective is the identity."""
@@ -63,6 +67,9 @@ class SerialBackend:
 
     def barrier(self) -> None:
         return None
+
+    def watch(self, what: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def allreduce_mean(backend: Backend, values: Mapping[str, float],

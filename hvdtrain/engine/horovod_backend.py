@@ -2,10 +2,13 @@
 so the core imports neither Horovod nor a framework."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from hvdtrain.engine.watchdog import Watchdog, timeout_from_env
 
 
 class HorovodBackendBase:
@@ -30,26 +33,39 @@ class HorovodBackendBase:
         self.local_rank = hvd.local_rank()
         self.local_size = hvd.local_size()
         self._calls = itertools.count()
+        self.watchdog = Watchdog(self.rank, timeout_from_env())
+
+    def watch(self, what: str) -> contextlib.AbstractContextManager:
+        """Time a wait for the other ranks; past ``HVDTRAIN_COLLECTIVE_TIMEOUT`` this rank exits, naming it."""
+        return self.watchdog.watch(what)
 
     def name(self, kind: str) -> str:
         """A fresh collective name, the same on every rank that calls collectives in the same order."""
         return f"hvdtrain.{kind}.{next(self._calls)}"
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
-        return self.allreduce_floats(values, self.hvd.Sum, self.name("allreduce_sum"))
+        name = self.name("allreduce_sum")
+        with self.watch(f"the collective {name}"):
+            return self.allreduce_floats(values, self.hvd.Sum, name)
 
     def allreduce_max(self, values: Sequence[float]) -> list[float]:
-        return self.allreduce_floats(values, self.hvd.Max, self.name("allreduce_max"))
+        name = self.name("allreduce_max")
+        with self.watch(f"the collective {name}"):
+            return self.allreduce_floats(values, self.hvd.Max, name)
 
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         """Reduce a float64 vector with ``op``; the framework-specific part."""
         raise NotImplementedError
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return self.hvd.broadcast_object(obj, root_rank=root, name=self.name("broadcast_object"))
+        name = self.name("broadcast_object")
+        with self.watch(f"the collective {name}"):
+            return self.hvd.broadcast_object(obj, root_rank=root, name=name)
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return self.hvd.allgather_object(obj, name=self.name("allgather_object"))
+        name = self.name("allgather_object")
+        with self.watch(f"the collective {name}"):
+            return self.hvd.allgather_object(obj, name=name)
 
     def barrier(self) -> None:
         # Not every framework binding has hvd.barrier; a one-element allreduce blocks the same way.

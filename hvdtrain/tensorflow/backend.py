@@ -42,7 +42,8 @@ class HorovodBackend(HorovodBackendBase):
 
     def broadcast_variables(self, variables: list[tf.Variable], root: int = 0) -> None:
         """Assign ``root``'s values to ``variables`` on every rank (plain ``tf.Variable`` objects)."""
-        hvd.broadcast_variables(variables, root_rank=root)
+        with self.watch("the initial broadcast of the model and optimizer"):
+            hvd.broadcast_variables(variables, root_rank=root)
 
 
 class SerialBackend(CoreSerialBackend):

@@ -1,6 +1,7 @@
 """hvdtrain's callbacks inside Keras ``model.fit``: the ``KerasBridge`` callback and ``fit()``."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 from collections.abc import Iterable
@@ -66,6 +67,7 @@ class KerasBridge(keras.callbacks.Callback):
         self.ctx = TrainContext(backend=backend, adapter=TensorFlowAdapter(backend))
         self._check_first_epoch = False
         self._moved_initial_epoch = False
+        self._step_watch = contextlib.ExitStack()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         ctx, model = self.ctx, self.model
@@ -108,8 +110,12 @@ class KerasBridge(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.ctx.progress.start_batch()
         self.callbacks.on_batch_begin(self.ctx)
+        # Keras runs the step, its gradient allreduce included, between these two hooks.
+        self._step_watch.enter_context(self.ctx.backend.watch(
+            f"training step {self.ctx.global_step + 1} (its gradient allreduce)"))
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._step_watch.close()
         ctx = self.ctx
         self._count_batches(ctx, last=batch)  # with steps_per_execution > 1, Keras reports several at once
         ctx.logs = dict(logs or {})
@@ -164,6 +170,7 @@ class KerasBridge(keras.callbacks.Callback):
 
     def on_exception(self, error: BaseException) -> None:
         """Tell the hvdtrain callbacks that ``model.fit`` raised (Keras has no such hook)."""
+        self._step_watch.close()
         if self._moved_initial_epoch:
             self.model._initial_epoch = None
         self.callbacks.on_exception(self.ctx, error)

@@ -100,7 +100,8 @@ class Trainer(EpochLoop):
         if not self._is_update_step(ctx):
             loss, values = self.steps.accumulate(x, y, weight)
             return StepOutcome(loss, updated=False), values
-        loss, values, bad_rank = self.steps.sync(x, y, weight)
+        with self.backend.watch(f"training step {ctx.global_step + 1} (its gradient allreduce)"):
+            loss, values, bad_rank = self.steps.sync(x, y, weight)
         bad_rank = int(bad_rank)
         outcome = StepOutcome(loss, True, nonfinite_checked=True, nonfinite_rank=bad_rank if bad_rank >= 0 else None)
         return outcome, values

@@ -41,9 +41,10 @@ class HorovodBackend(HorovodBackendBase):
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
         """Make every rank's parameters, buffers and optimizer state equal to ``root``'s."""
-        hvd.broadcast_parameters(model.state_dict(), root_rank=root)
-        if optimizer is not None:
-            hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+        with self.watch("the initial broadcast of the model and optimizer"):
+            hvd.broadcast_parameters(model.state_dict(), root_rank=root)
+            if optimizer is not None:
+                hvd.broadcast_optimizer_state(optimizer, root_rank=root)
 
     def start_max(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""
@@ -54,7 +55,8 @@ class HorovodBackend(HorovodBackendBase):
         return hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
 
     def wait(self, handle: Any) -> torch.Tensor:
-        return hvd.synchronize(handle)
+        with self.watch("an allreduce of hvdtrain's step flags"):
+            return hvd.synchronize(handle)
 
 
 class SerialBackend(CoreSerialBackend):

@@ -264,8 +264,9 @@ class Trainer(EpochLoop):
         Returns:
             The highest rank whose loss was not finite, agreed by all ranks, or None.
         """
-        self.optimizer.synchronize()
-        bad_rank = int(self.backend.wait(flag).item()) - 1
+        with self.backend.watch(f"the gradient allreduce of step {self.ctx.global_step + 1}"):
+            self.optimizer.synchronize()
+            bad_rank = int(self.backend.wait(flag).item()) - 1
         self._nonfinite_rank.zero_()
         if bad_rank < 0:
             self.precision.unscale(self.optimizer)

@@ -1,0 +1,92 @@
+"""A per-rank watchdog: a collective that waits too long ends this process, so a job never hangs silently.
+
+A rank that stops making progress (a deadlock, a ``SIGSTOP``, a lost host) leaves every other rank
+waiting inside a collective, where Python cannot interrupt it. Horovod's stall inspector reports
+this, but it runs on rank 0 only, so a stalled rank 0 goes unnoticed. Here every rank times its own
+waits: past the timeout it names itself, the step and the collective, and exits with
+``HANG_EXIT_CODE``; the launcher then stops the rest of the job.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+TIMEOUT_ENV = "HVDTRAIN_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+HANG_EXIT_CODE = 75
+
+
+def timeout_from_env(environ: dict[str, str] | None = None) -> float | None:
+    """The timeout in seconds from ``HVDTRAIN_COLLECTIVE_TIMEOUT`` (default 600; 0 turns the watchdog off).
+
+    Raises:
+        ValueError: the variable is not a number.
+    """
+    value = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "")
+    if not value.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds; set it to e.g. 600, "
+                         "or 0 to turn the collective watchdog off") from None
+    return seconds if seconds > 0 else None
+
+
+class Watchdog:
+    """Ends this process when one watched wait lasts longer than ``timeout`` seconds.
+
+    Args:
+        rank: this process's rank, for the message.
+        timeout: seconds one collective may wait; None disables the watchdog.
+    """
+
+    def __init__(self, rank: int, timeout: float | None) -> None:
+        self.rank = rank
+        self.timeout = timeout
+        self._waiting: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, what: str) -> Iterator[None]:
+        """Time the wait of ``what`` (e.g. "the gradient allreduce of step 12"); nested waits keep the outer."""
+        if self.timeout is None or self._waiting is not None:
+            yield
+            return
+        self._start()
+        with self._lock:
+            self._waiting = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting = None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hvdtrain-watchdog", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        interval = min(self.timeout / 4, 5.0)
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                waiting = self._waiting
+            if waiting is not None and time.monotonic() - waiting[1] > self.timeout:
+                self._end(*waiting)
+
+    def _end(self, what: str, since: float) -> None:
+        sys.stderr.write(
+            f"[hvdtrain rank {self.rank}] ERROR: {what} has waited {time.monotonic() - since:.0f} s for the other "
+            f"ranks (collective timeout {self.timeout:g} s): some rank stopped making progress (deadlocked, "
+            "stopped, or its host was lost). Ending rank "
+            f"{self.rank} so the job stops instead of hanging. Horovod's stall warnings above, if any, name the "
+            f"ranks it was missing. To allow longer waits, set {TIMEOUT_ENV} (seconds; 0 turns this off).\n")
+        sys.stderr.flush()
+        os._exit(HANG_EXIT_CODE)
