@@ -30,3 +30,13 @@ def test_a_sigstopped_rank_ends_the_job_naming_the_waiting_rank_and_step(stopped
     assert found[1] == "the gradient allreduce of step 6", "the step after the one the stopped rank finished"
     assert int(found[2]) < 2 * TIMEOUT_S
     assert elapsed < 90, f"the job took {elapsed:.0f} s to end"
+
+
+@pytest.mark.parametrize(("launcher", "names_rank"), [("mpirun", r"process rank 1 with PID \d+ .*signal 9"),
+                                                       ("horovodrun", r"Process name: 1\s+Exit code: 137")])
+def test_a_sigkilled_rank_ends_every_rank_promptly_naming_it(launcher, names_rank):
+    start = time.monotonic()
+    proc = run_workers(TRAIN, ["--epochs", "3", "--die-at-step", "5"], launcher=launcher, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60
+    assert re.search(names_rank, proc.stdout + proc.stderr), (proc.stdout + proc.stderr)[-3000:]
