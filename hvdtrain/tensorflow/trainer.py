@@ -21,13 +21,27 @@ from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scali
 from hvdtrain.tensorflow.step import LossFn, TrainerSteps
 
 
-def accuracy(y_true: Any, y_pred: Any) -> tf.Tensor:
-    """Fraction of rows whose arg-max (over logits or probabilities) matches the integer label.
+def accuracy(outputs: Any, targets: Any) -> tf.Tensor:
+    """Fraction of rows whose arg-max (over logits or probabilities) matches the class label.
 
-    Keras' order, as for the Trainer's ``loss_fn`` and metrics: targets first, then predictions.
+    The same as ``hvdtrain.torch.accuracy``. Either order works, so it also serves as a Keras metric
+    called ``(y_true, y_pred)``: the argument with a class dimension (more dimensions, or a last
+    dimension above 1) holds the outputs; labels of the same shape are one-hot.
     """
-    predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int64)
-    return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y_true, [-1]), tf.int64)), tf.float32))
+    outputs, targets = tf.convert_to_tensor(outputs), tf.convert_to_tensor(targets)
+    if _are_labels(outputs.shape, targets.shape):
+        outputs, targets = targets, outputs
+    predicted = tf.reshape(tf.argmax(outputs, axis=-1, output_type=tf.int64), [-1])
+    if targets.shape.rank == outputs.shape.rank and targets.shape[-1] == outputs.shape[-1]:
+        targets = tf.argmax(targets, axis=-1, output_type=tf.int64)
+    return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(targets, [-1]), tf.int64)), tf.float32))
+
+
+def _are_labels(first: tf.TensorShape, second: tf.TensorShape) -> bool:
+    """Whether ``first`` (not ``second``) is the shape of the labels; static shapes, so it traces."""
+    if first.rank != second.rank:
+        return first.rank < second.rank
+    return first[-1] == 1 and second[-1] != 1
 
 
 class Trainer(EpochLoop):

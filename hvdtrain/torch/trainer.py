@@ -24,11 +24,19 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose arg-max matches the target class.
+    """Fraction of rows whose arg-max (over logits or probabilities) matches the class label.
 
-    PyTorch's order, as for the Trainer's ``loss_fn`` and metrics: outputs first, then targets.
+    The same as ``hvdtrain.tensorflow.accuracy``. Either order works: the argument with a class
+    dimension (more dimensions, or a last dimension above 1) holds the outputs; labels of the same
+    shape are one-hot.
     """
-    return (outputs.argmax(dim=1) == targets).float().mean()
+    if outputs.dim() < targets.dim() or (outputs.dim() == targets.dim() and outputs.shape[-1] == 1
+                                         and targets.shape[-1] != 1):
+        outputs, targets = targets, outputs
+    predicted = outputs.argmax(dim=-1).reshape(-1)
+    if targets.shape == outputs.shape:
+        targets = targets.argmax(dim=-1)
+    return (predicted == targets.reshape(-1)).float().mean()
 
 
 Step = Callable[[Any], "torch.Tensor | Mapping[str, Any]"]
