@@ -19,7 +19,7 @@ def keyword_names(func) -> set[str]:
 @pytest.mark.parametrize(("entry", "framework_args"), [
     ("hvdtrain.torch:Trainer", {"metrics", "callbacks", "backend", "device", "num_workers", "options",
                                  "training_step", "validation_step", "lr_scheduler"}),
-    ("hvdtrain.tensorflow:Trainer", {"metrics", "callbacks", "backend", "options"}),
+    ("hvdtrain.tensorflow:Trainer", {"metrics", "callbacks", "backend", "steps_per_epoch", "options"}),
     ("hvdtrain.tensorflow:fit", {"validation_data", "callbacks", "backend", "shuffle", "steps_per_epoch",
                                  "verbose", "options"}),
 ])

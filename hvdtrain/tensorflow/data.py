@@ -147,3 +147,98 @@ def contiguous_shard(arrays: Any, rank: int, size: int) -> tuple[Any, int]:
     bounds = np.linspace(0, num_samples(arrays), size + 1).round().astype(int)
     part = np.arange(bounds[rank], bounds[rank + 1])
     return take(as_arrays(arrays), part), len(part)
+
+
+def dataset_signature(dataset: tf.data.Dataset, name: str) -> tuple[Any, Any]:
+    """``(x_spec, y_spec)`` of a dataset of ``(x, y)`` batches, with an unknown batch dimension.
+
+    Raises:
+        TypeError: the dataset's elements are not ``(x, y)`` pairs of tensors.
+    """
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise TypeError(f"{name} must yield (x, y) batches (its element_spec is {spec}); map it to pairs, "
+                        "e.g. dataset.map(lambda d: (d['x'], d['y']))")
+
+    def relax(s: Any) -> tf.TensorSpec:
+        if not isinstance(s, tf.TensorSpec):
+            raise TypeError(f"{name} yields a {type(s).__name__}; the Trainer takes dense tensors only")
+        if s.shape.rank == 0:
+            raise TypeError(f"{name} yields scalars: batch it first (dataset.batch(batch_size))")
+        return tf.TensorSpec((None, *s.shape[1:]), s.dtype)
+
+    return tf.nest.map_structure(relax, spec)
+
+
+class DatasetBatches:
+    """This rank's batches of a ``tf.data.Dataset`` (its own shard, already batched), equal steps on all ranks.
+
+    The ranks agree on the steps per epoch once: the fewest batches any
+    rank's dataset has, or ``steps_per_epoch`` (the same on every rank) when
+    a length is unknown. Each epoch iterates the dataset anew; a rank with
+    more batches leaves its extra ones out of that epoch. Batches count as
+    ``local * size`` global samples (the ranks' batch sizes are not exchanged).
+
+    Args:
+        dataset: elements ``(x, y)``, each a batch.
+        backend: the backend the ranks agree through (one ``allgather_object``).
+        steps_per_epoch: batches per epoch, needed when the dataset's length is unknown.
+        name: the argument's name, for errors.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, backend: Backend, steps_per_epoch: int | None = None,
+                 name: str = "train_data") -> None:
+        self.signature = dataset_signature(dataset, name)
+        self.dataset, self.size = dataset, backend.size
+        self.steps_per_epoch = agreed_dataset_steps(dataset, backend, steps_per_epoch, name)
+        self.skip = 0
+
+    def set_epoch(self, batches_done: int = 0) -> int:
+        """Start an epoch after its first ``batches_done`` batches; returns the steps left (same on all ranks)."""
+        self.skip = batches_done
+        return self.steps_per_epoch - batches_done
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        """``((x, y), global_batch_size)`` for each step left in the epoch."""
+        left = self.steps_per_epoch - self.skip
+        count = 0
+        for batch in self.dataset.skip(self.skip).take(left):
+            count += 1
+            yield batch, num_samples(batch[1]) * self.size
+        if count < left:
+            raise RuntimeError(f"this rank's dataset ended after {self.skip + count} of the agreed "
+                               f"{self.steps_per_epoch} batches per epoch: pass a steps_per_epoch every rank's "
+                               "shard reaches")
+
+
+def agreed_dataset_steps(dataset: tf.data.Dataset, backend: Backend, steps_per_epoch: int | None,
+                         name: str = "train_data") -> int:
+    """Batches per epoch that every rank's ``dataset`` has, decided identically on every rank.
+
+    Every rank gathers all ranks' lengths and ``steps_per_epoch`` first and
+    checks them after, so a bad value raises on all ranks alike.
+
+    Raises:
+        ValueError: ranks passed different ``steps_per_epoch``; a length is unknown
+            and none was given; it exceeds some rank's batches; some rank has none.
+    """
+    gathered = backend.allgather_object((int(dataset.cardinality()), steps_per_epoch))
+    counts = [count for count, _ in gathered]
+    requested = sorted({steps for _, steps in gathered}, key=str)
+    if len(requested) > 1:
+        raise ValueError(f"the ranks passed different steps_per_epoch {requested}: pass the same on every rank")
+    known = [count for count in counts if count >= 0]
+    steps = requested[0]
+    if steps is None:
+        if len(known) < len(counts):
+            unknown = [rank for rank, count in enumerate(counts) if count < 0]
+            raise ValueError(f"{name}'s length is unknown on rank(s) {unknown}: pass steps_per_epoch= "
+                             "(the same on every rank)")
+        steps = min(counts)
+    elif known and steps > min(known):
+        raise ValueError(f"steps_per_epoch={steps} but rank {counts.index(min(known))}'s {name} has only "
+                         f"{min(known)} batches: pass at most {min(known)}")
+    if steps < 1:
+        raise ValueError(f"some rank's {name} has no batches (lengths per rank: {counts}); shard before batching "
+                         "and check the data size")
+    return steps

@@ -1,4 +1,4 @@
-"""A custom-loop Trainer for Keras 3 models: sharded arrays, distributed optimizer, callbacks."""
+"""A custom-loop Trainer for Keras 3 models: sharded arrays or tf.data, distributed optimizer, callbacks."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -15,7 +15,15 @@ from hvdtrain.core.progress import StepOutcome
 from hvdtrain.core.sharding import ShardedOrder
 from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, build_optimizer
-from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, batch_signature, num_samples, take
+from hvdtrain.tensorflow.data import (
+    DatasetBatches,
+    ShardedArrays,
+    as_arrays,
+    batch_signature,
+    dataset_signature,
+    num_samples,
+    take,
+)
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.step import LossFn, TrainerSteps
@@ -51,16 +59,36 @@ class Trainer(EpochLoop):
     losses and metrics follow the Keras convention ``fn(y_true, y_pred)``.
     Epochs resume exactly, even mid-epoch (from ``checkpoint_every_n_steps``).
 
+    ``train_data`` is either the whole data set as arrays, which every rank
+    passes and the Trainer shards (``ShardedArrays``), or a ``tf.data.Dataset``
+    that is already this rank's shard (``shard_dataset``), batched, of
+    ``(x, y)`` elements, as for ``hvdtrain.tensorflow.fit``. With a dataset:
+
+    - the ranks agree on the steps per epoch: the fewest batches any rank
+      has, or ``steps_per_epoch`` when the length is unknown; each epoch
+      iterates the dataset anew, and a rank's extra batches are left out;
+    - the compiled steps' input signature comes from ``dataset.element_spec``;
+    - gradients are weighted as if every rank's batch had the same size
+      (the ranks' batch sizes are not exchanged), so an uneven final batch
+      is not weighted by its share as it is for arrays;
+    - a mid-epoch resume skips the batches already done (``dataset.skip``):
+      exact only when the dataset yields the same order every time it is
+      iterated in that epoch (no unseeded or per-iteration reshuffling).
+
     Args:
         model: a built Keras model (give it a ``keras.Input``); every rank builds it the same way.
         optimizer: a Keras optimizer (converted with ``DistributedOptimizer`` for you) or an
             already distributed one.
         loss_fn: ``loss_fn(y_true, y_pred)`` returning the batch mean (e.g. a ``keras.losses.Loss``).
-        train_data: ``(x, y)``: NumPy arrays or tensors (``x`` may be a tuple or dict of them).
-        val_data: optional ``(x, y)``, evaluated exactly over all ranks every epoch.
+        train_data: ``(x, y)``: NumPy arrays or tensors (``x`` may be a tuple or dict of them), or a
+            ``tf.data.Dataset`` of this rank's ``(x, y)`` batches.
+        val_data: optional ``(x, y)`` arrays or a dataset of this rank's ``(x, y)`` batches, evaluated
+            exactly over all ranks every epoch.
         metrics: ``{name: fn(y_true, y_pred) -> batch mean}``; ``val_`` versions are logged too.
         callbacks: user callbacks, merged with the defaults by ``order``.
         backend: defaults to the Horovod backend (call ``hvdtrain.tensorflow.init()`` first).
+        steps_per_epoch: batches per epoch of a ``train_data`` dataset whose length is unknown (the same
+            on every rank; each rank's shard must reach it).
         options: the ``TrainingOptions`` (epochs, batch size, LR warmup, checkpoints, ...).
         **overrides: any ``TrainingOptions`` field, overriding ``options``.
     """
@@ -68,8 +96,8 @@ class Trainer(EpochLoop):
     @accepts_options
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: LossFn,
                  train_data: Any, val_data: Any = None, *, metrics: dict[str, LossFn] | None = None,
-                 callbacks: Iterable[Callback] = (), backend: Any = None, options: TrainingOptions | None = None,
-                 **overrides: Any) -> None:
+                 callbacks: Iterable[Callback] = (), backend: Any = None, steps_per_epoch: int | None = None,
+                 options: TrainingOptions | None = None, **overrides: Any) -> None:
         self.options = o = TrainingOptions.merged(options, overrides, "Trainer")
         if backend is None:
             from hvdtrain.tensorflow.backend import HorovodBackend
@@ -83,10 +111,9 @@ class Trainer(EpochLoop):
         self.accumulation = self.optimizer.backward_passes_per_step
         build_optimizer(self.optimizer, _built(model))
         self.metrics = dict(metrics or {})
-        self.train = ShardedArrays(_pair(train_data, "train_data"), o.batch_size, backend.rank, backend.size,
-                                   shuffle=True, seed=o.seed)
-        self.val_data = None if val_data is None else self._like_train(_pair(val_data, "val_data"))
-        self.steps = TrainerSteps(model, self.optimizer, loss_fn, self.metrics, batch_signature(self.train.arrays))
+        self.train, self.signature = _training_input(train_data, backend, o, steps_per_epoch)
+        self.val_data = None if val_data is None else self._validation_input(val_data, "val_data")
+        self.steps = TrainerSteps(model, self.optimizer, loss_fn, self.metrics, self.signature)
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)
@@ -94,6 +121,8 @@ class Trainer(EpochLoop):
                                 max_epochs=o.epochs)
 
     def _position_data(self, epoch: int, samples_seen: int) -> int:
+        if isinstance(self.train, DatasetBatches):
+            return self.train.set_epoch(self.ctx.progress.batches_done)
         self.train.set_epoch(epoch, samples_seen)
         return len(self.train)
 
@@ -121,10 +150,19 @@ class Trainer(EpochLoop):
         return outcome, values
 
     def evaluate(self, data: Any = None) -> dict[str, float]:
-        """Loss and metrics on validation data, exact over all ranks (``val_`` prefixed)."""
-        data = self.val_data if data is None else self._like_train(_pair(data, "data"))
+        """Loss and metrics on validation data, exact over all ranks (``val_`` prefixed).
+
+        Arrays are sharded here; a dataset is this rank's shard, evaluated whole.
+        """
+        data = self.val_data if data is None else self._validation_input(data, "data")
         if data is None:
             return {}
+        sums = self._dataset_sums(data) if isinstance(data, tf.data.Dataset) else self._array_sums(data)
+        totals = self.backend.allreduce_sum(sums.tolist())
+        return {f"val_{name}": total / totals[-1] for name, total in zip(["loss", *self.metrics], totals[:-1])}
+
+    def _array_sums(self, data: Any) -> np.ndarray:
+        """Sample-weighted sums of loss and metrics over this rank's shard of ``data``, and its sample count."""
         order = ShardedOrder(num_samples(data), self.backend.rank, self.backend.size, self.options.batch_size,
                              shuffle=False)
         sums = np.zeros(2 + len(self.metrics))
@@ -132,16 +170,55 @@ class Trainer(EpochLoop):
             x, y = take(data, indices)
             values = self.steps.evaluate(x, y)
             sums += np.array([*(float(v) for v in values), 1.0]) * len(indices)
-        totals = self.backend.allreduce_sum(sums.tolist())
-        return {f"val_{name}": total / totals[-1] for name, total in zip(["loss", *self.metrics], totals[:-1])}
+        return sums
+
+    def _dataset_sums(self, dataset: tf.data.Dataset) -> np.ndarray:
+        """Like ``_array_sums``, over every batch of this rank's ``dataset``."""
+        sums = np.zeros(2 + len(self.metrics))
+        for x, y in dataset:
+            values = self.steps.evaluate(x, y)
+            sums += np.array([*(float(v) for v in values), 1.0]) * num_samples(y)
+        return sums
+
+    def _validation_input(self, data: Any, name: str) -> Any:
+        """A dataset checked against the compiled steps' signature, or arrays converted to it."""
+        if not isinstance(data, tf.data.Dataset):
+            return self._like_train(_pair(data, name))
+        if data.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(f"{name} is an endless dataset: validation reads it whole, so leave out .repeat()")
+        spec = dataset_signature(data, name)
+        try:
+            tf.nest.assert_same_structure(spec, self.signature)
+            mismatched = [f"{s} vs {ref}" for s, ref in zip(tf.nest.flatten(spec), tf.nest.flatten(self.signature))
+                          if not ref.is_compatible_with(s)]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{name} must have the structure of train_data ({err})") from err
+        if mismatched:
+            raise ValueError(f"{name}'s batches do not match train_data's (shape or dtype): {mismatched}; "
+                             "cast or reshape them in the pipeline")
+        return data
 
     def _like_train(self, data: Any) -> Any:
         """``data`` as NumPy arrays with the training data's dtypes (the compiled steps' signature)."""
         try:
-            return tf.nest.map_structure(lambda a, ref: a.astype(ref.dtype, copy=False), as_arrays(data),
-                                         self.train.arrays)
+            return tf.nest.map_structure(lambda a, ref: a.astype(ref.dtype.as_numpy_dtype, copy=False),
+                                         as_arrays(data), self.signature)
         except (ValueError, TypeError) as err:
             raise ValueError(f"validation data must have the structure of train_data ({err})") from err
+
+
+def _training_input(data: Any, backend: Any, o: TrainingOptions,
+                    steps_per_epoch: int | None) -> tuple[ShardedArrays | DatasetBatches, tuple[Any, Any]]:
+    """This rank's training batches and the compiled steps' ``(x_spec, y_spec)``."""
+    if isinstance(data, tf.data.Dataset):
+        train = DatasetBatches(data, backend, steps_per_epoch)
+        return train, train.signature
+    if steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch is for a tf.data.Dataset train_data; with arrays the Trainer computes "
+                         "the steps from batch_size: leave it out")
+    train = ShardedArrays(_pair(data, "train_data"), o.batch_size, backend.rank, backend.size, shuffle=True,
+                          seed=o.seed)
+    return train, batch_signature(train.arrays)
 
 
 def distributed_optimizer(optimizer: keras.optimizers.Optimizer, backend: Any,
@@ -158,8 +235,8 @@ def distributed_optimizer(optimizer: keras.optimizers.Optimizer, backend: Any,
 
 def _pair(data: Any, name: str) -> tuple[Any, Any]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a pair (x, y) of arrays or tensors (got {type(data).__name__}); "
-                        "for a tf.data pipeline write a loop around make_train_step")
+        raise TypeError(f"{name} must be a pair (x, y) of arrays or tensors, or a tf.data.Dataset of (x, y) "
+                        f"batches (got {type(data).__name__})")
     x, y = data
     return (tuple(x) if isinstance(x, list) else x), y
 

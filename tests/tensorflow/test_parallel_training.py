@@ -86,3 +86,17 @@ def test_keras_fit_turns_off_xla_which_cannot_hold_horovods_allreduce():
     ranks = results(proc)
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["global_step"] == STEPS
+
+
+def test_trainer_on_uneven_dataset_shards_takes_the_fewest_steps_on_every_rank():
+    # Rank 0's shard: 171 samples, 11 batches of 16; rank 1's: 129 samples, 9 batches. Both take 9 per epoch.
+    ranks = results(run_workers(TRAIN, ["--api", "trainer_dataset", "--epochs", "2"], timeout=TIMEOUT))
+    assert sorted(ranks) == [0, 1]
+    for r in ranks.values():
+        assert r["global_step"] == 2 * 9, r
+        assert [s[:3] for s in r["steps"]] == [[e, b, 9 * e + b + 1] for e in range(2) for b in range(9)]
+        assert r["finite"]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert ranks[0]["history"] == ranks[1]["history"]
+    last = ranks[0]["history"][-1]
+    assert last["val_loss"] == pytest.approx(last["val_loss_of_arrays"], rel=1e-6), "validation is exact"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.launch import results, run_workers
@@ -68,3 +69,14 @@ def test_nan_loss_on_one_rank_stops_all_ranks_at_that_step(tmp_path):
         assert "non-finite loss on rank 1 at step 4; that step was not applied" in r["stop_reason"]
         assert all(math.isfinite(v) for v in r["params"]), "the NaN step must not reach the weights"
     assert not list(tmp_path.glob("*.ckpt")), "a NaN model must not be checkpointed"
+
+
+def test_predict_on_all_ranks_returns_every_output_in_sample_order():
+    # 101 samples in global batches of 32: shards of 51 and 50, the last batch split 3 and 2.
+    ranks = results(run_workers(TRAIN, ["--epochs", "1", "--predict"], timeout=240))
+    assert sorted(ranks) == [0, 1]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    for r in ranks.values():
+        assert len(r["predicted"]) == 101
+        np.testing.assert_allclose(r["predicted"], r["whole"], atol=1e-6, err_msg="row i must be sample i's output")
+    assert ranks[0]["predicted"] == ranks[1]["predicted"]

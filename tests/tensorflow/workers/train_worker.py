@@ -16,7 +16,8 @@ from tests.probes import hidden_width, make_data, probe_callbacks, run_reporting
 
 def parse_args():
     p = worker_parser()
-    p.add_argument("--api", choices=("trainer", "fit"), default="trainer")
+    p.add_argument("--api", choices=("trainer", "trainer_dataset", "fit"), default="trainer",
+                   help="trainer_dataset: the Trainer on tf.data shards, rank 0's with more batches")
     p.add_argument("--jit-compile", action="store_true", help="compile the Keras model with XLA (as on a GPU)")
     return p.parse_args()
 
@@ -69,6 +70,28 @@ def run_trainer(args, backend, model, extra):
     return trainer.ctx, history
 
 
+def uneven_shard(arrays, rank: int, batch_size: int):
+    """This rank's tf.data shard, batched: rank 0 gets the first 57% of the samples, rank 1 the rest."""
+    import tensorflow as tf
+
+    cut = round(len(arrays[1]) * 0.57)
+    part = slice(0, cut) if rank == 0 else slice(cut, None)
+    return tf.data.Dataset.from_tensor_slices((arrays[0][part], arrays[1][part])).batch(batch_size)
+
+
+def run_trainer_dataset(args, backend, model, extra):
+    import keras
+
+    trainer = htf.Trainer(model, keras.optimizers.Adam(0.01), make_loss(args, backend.rank),
+                          train_data=uneven_shard(make_data(0), backend.rank, 16),
+                          val_data=uneven_shard(make_data(1, 100), backend.rank, 16), epochs=args.epochs,
+                          callbacks=extra, **common(args))
+    history = trainer.fit()
+    # The same validation set as arrays, sharded by the Trainer: the dataset's result must match it.
+    history[-1]["val_loss_of_arrays"] = trainer.evaluate(make_data(1, 100))["val_loss"]
+    return trainer.ctx, history
+
+
 def run_fit(args, backend, model, extra):
     import keras
 
@@ -95,7 +118,8 @@ def main() -> None:
 def train(args, backend) -> None:
     model = build_model(args, backend.rank)
     recorder, extra = probe_callbacks(args)
-    ctx, history = (run_trainer if args.api == "trainer" else run_fit)(args, backend, model, extra)
+    run = {"trainer": run_trainer, "trainer_dataset": run_trainer_dataset, "fit": run_fit}[args.api]
+    ctx, history = run(args, backend, model, extra)
     params = np.concatenate([w.ravel() for w in model.get_weights()])
     report({
         "rank": backend.rank, "size": backend.size, "digest": hashlib.sha256(params.tobytes()).hexdigest(),

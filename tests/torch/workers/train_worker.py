@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--init-scale", type=float, help="the fp16 loss scaler's first scale")
     p.add_argument("--device", help="default: cuda:<local_rank> with CUDA, else cpu")
     p.add_argument("--onecycle", action="store_true", help="drive the LR with torch's OneCycleLR")
+    p.add_argument("--predict", action="store_true",
+                   help="after training, predict(all_ranks=True) on 101 samples and the model on all of them")
     args = p.parse_args()
     backend = ht.init()
     run_reporting_errors(args, backend, lambda: train(args, backend))
@@ -71,7 +73,8 @@ def train(args, backend) -> None:
         trainer.callbacks.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "MetricAverage"]
     history = trainer.fit()
     digest, head = param_digest(model)
-    report({
+    predicted = predictions(trainer, model) if args.predict else {}
+    report({**predicted,
         "rank": backend.rank, "size": backend.size, "digest": digest, "head": head,
         "global_step": trainer.ctx.global_step, "epoch": trainer.ctx.epoch, "history": history,
         "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
@@ -80,6 +83,16 @@ def train(args, backend) -> None:
         "devices": sorted({str(p.device) for p in model.parameters()}),
         "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().tolist(),
     })
+
+
+def predictions(trainer, model: nn.Module) -> dict:
+    """``trainer.predict(all_ranks=True)`` on 101 samples (uneven shards), and ``model`` applied to all at once."""
+    x, y = make_tensors(2, 101)
+    predicted = trainer.predict((x, y), all_ranks=True)
+    model.eval()
+    with torch.no_grad():
+        whole = model(x.to(trainer.device)).cpu()
+    return {"predicted": predicted.tolist(), "whole": whole.tolist()}
 
 
 if __name__ == "__main__":
