@@ -79,10 +79,6 @@ class TrainingOptions:
         for option, problem in _problems(self):
             raise OptionsError(problem, option)
 
-    def replace(self, **changes: Any) -> TrainingOptions:
-        """A copy with ``changes`` applied (validated)."""
-        return dataclasses.replace(self, **changes)
-
     @classmethod
     def merged(cls, options: TrainingOptions | None, overrides: Mapping[str, Any], caller: str) -> TrainingOptions:
         """``options`` (or the defaults) with keyword ``overrides`` applied; unknown names raise ``TypeError``."""

@@ -1,7 +1,7 @@
 """Where training is: the counters exact resume needs, advanced in one place, and one step's outcome."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 _FORMER_NAMES = {"global_step": "step", "batch_index": "batch", "samples_seen_in_epoch": "samples_in_epoch"}
@@ -70,9 +70,6 @@ class Progress:
         for name, value in fields.items():
             setattr(self, name, value)
         self._batch_done = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,9 @@ class Trainer(EpochLoop):
         self.precision = MixedPrecision(o.precision, self.device)
         self.optimizer = self._distributed(optimizer, model, o)
         self.lr_scheduler = self._driver(lr_scheduler, o)
-        extra = {"precision": self.precision} if self.precision.scaler else {}
-        self.adapter = TorchAdapter(backend, {**extra, **({"lr_scheduler": self.lr_scheduler}
-                                                          if self.lr_scheduler else {})} or None)
+        # Checkpointed and broadcast beside the model and optimizer: the loss scale, the LR scheduler.
+        extra = {"precision": self.precision if self.precision.scaler else None, "lr_scheduler": self.lr_scheduler}
+        self.adapter = TorchAdapter(backend, {name: obj for name, obj in extra.items() if obj is not None})
         self.accumulation = getattr(self.optimizer, "backward_passes_per_step", 1)
         self.loss_fn = loss_fn
         self.metrics = dict(metrics or {})
