@@ -72,9 +72,7 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None 
     """
     args = parser.parse_args(argv)
     values = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    values["log_dir"] = args.output_dir
-    if values.get("checkpoint_dir") is None:
-        values["checkpoint_dir"] = args.output_dir / "checkpoints"
+    _place_outputs(values, args.output_dir)
     try:
         args.options = TrainingOptions(**values)
     except OptionsError as err:
@@ -113,8 +111,14 @@ def _from_file_values(raw: dict[str, Any], base: Path) -> TrainingOptions:
     if not isinstance(output_dir, (str, Path)):
         raise OptionsError(f"output_dir must be a path (got {output_dir!r})", "output_dir")
     values = {key: typed_value(key, value) for key, value in raw.items()}
-    out = (base / output_dir).resolve()
-    values.setdefault("log_dir", out)
-    values["checkpoint_dir"] = out / "checkpoints" if values.get("checkpoint_dir") is None else \
-        (base / values["checkpoint_dir"]).resolve()
+    if values.get("checkpoint_dir") is not None:
+        values["checkpoint_dir"] = (base / values["checkpoint_dir"]).resolve()
+    _place_outputs(values, (base / output_dir).resolve())
     return TrainingOptions(**values)
+
+
+def _place_outputs(values: dict[str, Any], output_dir: Path) -> None:
+    """Logs in ``output_dir`` and checkpoints in ``output_dir/checkpoints``, unless set otherwise."""
+    values.setdefault("log_dir", output_dir)
+    if values.get("checkpoint_dir") is None:
+        values["checkpoint_dir"] = output_dir / "checkpoints"

@@ -15,25 +15,17 @@ from hvdtrain.core.checkpoint_io import read_checkpoint
 from hvdtrain.core.state_codec import MAGIC
 from hvdtrain.launcher.convert import convert_checkpoint
 from tests.checkpoint_files import plant_pickle, rewrite_as_legacy
+from tests.tensorflow.test_trainer_and_fit import data, loss, model
 
 
 def adapter():
     return htf.TensorFlowAdapter(SerialBackend())
 
 
-def data(n=120, seed=0):
-    rng = np.random.RandomState(seed)
-    x = rng.randn(n, 5).astype(np.float32)
-    return x, (x[:, :2].sum(1) > 0).astype(np.int64)
-
-
 def compiled(seed=0):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dropout(0.3), keras.layers.Dense(2)])
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+    m = model(seed)
+    m.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss())
+    return m
 
 
 def fit(directory, epochs, resume=False, seed=0):
