@@ -51,6 +51,9 @@ class Callback:
 
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None: ...
 
+    def on_world_change(self, ctx: TrainContext, old_size: int, new_size: int) -> None:
+        """Elastic training lost or gained workers; the state is rank 0's last commit, re-sharded."""
+
     def state_dict(self) -> dict[str, Any] | None:
         """State to save in checkpoints, or None when there is none."""
         return None
@@ -116,6 +119,12 @@ class CallbackList(Callback):
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
         for c in self.callbacks:
             c.on_exception(ctx, error)
+
+    def on_world_change(self, ctx: TrainContext, old_size: int, new_size: int) -> None:
+        for c in self.callbacks:
+            hook = getattr(c, "on_world_change", None)  # optional for callbacks written before it
+            if hook:
+                hook(ctx, old_size, new_size)
 
     def state_dict(self) -> dict[str, Any]:
         """States of the stateful callbacks, keyed by class name and position."""

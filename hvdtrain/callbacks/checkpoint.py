@@ -11,6 +11,7 @@ from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
 from hvdtrain.core.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, load_file
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.elastic import rescale_for_world_size
 from hvdtrain.core.state_codec import LegacyCheckpointError, legacy_message
 
 log = logging.getLogger("hvdtrain")
@@ -121,6 +122,9 @@ class ResumeFromCheckpoint(Callback):
         self.on_world_size_change = on_world_size_change
 
     def on_train_begin(self, ctx: TrainContext) -> None:
+        if ctx.elastic:
+            self._resume_root_only(ctx)
+            return
         found: dict[str, Any] = {}
         if ctx.is_root:
             found = self._load_on_root(ctx)
@@ -133,6 +137,20 @@ class ResumeFromCheckpoint(Callback):
             log.info("no checkpoint in %s: starting from scratch", self.source)
             return
         self._restore_everywhere(ctx, found)
+
+    def _resume_root_only(self, ctx: TrainContext) -> None:
+        """Elastic start: rank 0 loads alone (a worker joining later must run no collective here); the
+        elastic sync then spreads its state, or its error to every rank."""
+        if not ctx.is_root:
+            return
+        found = self._load_on_root(ctx)
+        if "error" in found:
+            ctx.startup_error = found["error"]
+        elif "path" in found:
+            found["rng"] = found["rng"][:1]  # per-rank streams restart: the ranks are not the same processes
+            self._restore_everywhere(ctx, found)
+        elif self.required:
+            ctx.startup_error = f"no checkpoint found in {self.source}; train without resume first"
 
     def _load_on_root(self, ctx: TrainContext) -> dict[str, Any]:
         try:
@@ -180,19 +198,10 @@ class ResumeFromCheckpoint(Callback):
         if old_size == ctx.size:
             ctx.adapter.set_rng_state(found["rng"][ctx.rank])
         else:
-            self._reshard(ctx, old_size)
+            log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
+                        "rescaling learning rates by %d/%d; per-rank RNG streams restart from the seed",
+                        old_size, ctx.size, ctx.size, old_size)
+            rescale_for_world_size(ctx, old_size)
         ctx.resumed_from = found["path"]
         log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", found["path"],
                  ctx.epoch, ctx.global_step, ctx.batch_index)
-
-    def _reshard(self, ctx: TrainContext, old_size: int) -> None:
-        log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
-                    "rescaling learning rates by %d/%d; per-rank RNG streams restart from the seed",
-                    old_size, ctx.size, ctx.size, old_size)
-        if ctx.is_root:
-            rates = ctx.adapter.get_learning_rates(ctx.optimizer)
-            ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
-        for callback in ctx.callbacks or ():
-            rescale = getattr(callback, "rescale_for_world_size", None)
-            if rescale:
-                rescale(old_size, ctx.size)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -24,6 +24,13 @@ class Backend(Protocol):
 
     @property
     def local_rank(self) -> int: ...
+
+    @property
+    def elastic(self) -> bool:
+        """Whether workers may leave and join (then training runs through ``run_elastic``)."""
+
+    def run_elastic(self, train: Callable[[], Any], state: Any) -> Any:
+        """Run ``train()`` so that a lost or added worker rolls back to ``state``'s last commit and goes on."""
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of a float vector across ranks."""
@@ -51,6 +58,10 @@ class SerialBackend:
     size = 1
     local_rank = 0
     local_size = 1
+    elastic = False
+
+    def run_elastic(self, train: Callable[[], Any], state: Any) -> Any:
+        return train()
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
         return [float(v) for v in values]

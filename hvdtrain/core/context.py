@@ -26,6 +26,8 @@ class TrainContext:
         stop_training: true once the ranks agreed to stop (see ``agree_on_stop``).
         stop_reason: human-readable reason for stopping.
         resumed_from: the checkpoint path training resumed from, if any.
+        startup_error: a failure rank 0 met before the ranks first agree (an elastic start loads the
+            checkpoint on rank 0 alone); the elastic sync raises it on every rank.
         sample_count: samples this rank processed in the current epoch.
         callbacks: the running ``CallbackList``.
         history: one dict of epoch logs per finished epoch.
@@ -44,6 +46,7 @@ class TrainContext:
     stop_training: bool = False
     stop_reason: str | None = None
     resumed_from: str | None = None
+    startup_error: str | None = None
     sample_count: int = 0
     callbacks: Any = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -81,6 +84,11 @@ class TrainContext:
     @property
     def is_root(self) -> bool:
         return self.backend.rank == 0
+
+    @property
+    def elastic(self) -> bool:
+        """Launched elastic (``hvdtrain run --elastic``): rank 0's state spreads at each sync, not at start."""
+        return bool(getattr(self.backend, "elastic", False))
 
     def request_stop(self, reason: str) -> None:
         """Ask to stop. The loop acts on it at the next agreement (the epoch's end)."""

@@ -66,6 +66,9 @@ class TrainingOptions:
     monitor: str = _option("val_loss", "str", "metric for best checkpoints and early stopping")
     resume: bool | str | os.PathLike = _option(False, "resume", "True: resume from checkpoint_dir; a path: "
                                                                 "from that file or directory")
+    commit_every_n_steps: int | None = _option(50, "int", "under elastic training (hvdtrain run --elastic), keep the "
+                                                          "state in memory every n optimizer steps, besides every "
+                                                          "epoch's end: a lost worker costs at most n steps")
     early_stopping_patience: int | None = _option(None, "int", "stop after this many epochs without improvement",
                                                   flag="--patience")
     log_dir: str | os.PathLike | None = _option(None, "path", "write metrics.csv and TensorBoard events here",
@@ -125,7 +128,7 @@ def _problems(o: TrainingOptions) -> list[tuple[str, str]]:
         ("resume", o.resume is not True or o.checkpoint_dir is not None,
          "=True needs checkpoint_dir=; or pass the checkpoint path as resume="),
     ]
-    for name in ("checkpoint_every_n_steps", "early_stopping_patience"):
+    for name in ("checkpoint_every_n_steps", "commit_every_n_steps", "early_stopping_patience"):
         value = getattr(o, name)
         checks.append((name, value is None or value >= 1, f"must be >= 1 or null (got {value})"))
     return [(name, f"{name}{'' if message.startswith('=') else ' '}{message}")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from hvdtrain.core.distributed import local_slot
+from hvdtrain.core.elastic import ElasticState
 from hvdtrain.engine.watchdog import Watchdog, timeout_from_env
+
+T = TypeVar("T")
 
 
 class HorovodBackendBase:
@@ -22,18 +26,80 @@ class HorovodBackendBase:
     Args:
         hvd: ``horovod.torch`` or ``horovod.tensorflow``, already initialized.
         init_hint: the call that initializes it, for the error message.
+        elastic_state_base: Horovod's ``horovod.common.elastic.State``, which its elastic run drives.
     """
 
-    def __init__(self, hvd: Any, init_hint: str) -> None:
+    # One per process, shared by every instance: collective names come from one sequence, and one
+    # thread watches the waits.
+    _calls = itertools.count()
+    _watchdog: Watchdog | None = None
+
+    def __init__(self, hvd: Any, init_hint: str, elastic_state_base: type) -> None:
         if not hvd.is_initialized():
             raise RuntimeError(f"Horovod is not initialized; call {init_hint} first")
         self.hvd = hvd
-        self.rank = hvd.rank()
-        self.size = hvd.size()
-        self.local_rank = hvd.local_rank()
-        self.local_size = hvd.local_size()
-        self._calls = itertools.count()
-        self.watchdog = Watchdog(self.rank, timeout_from_env())
+        self._elastic_state_base = elastic_state_base
+        if HorovodBackendBase._watchdog is None:
+            HorovodBackendBase._watchdog = Watchdog(hvd.rank(), timeout_from_env())
+
+    # Read live: elastic training rebuilds the world under a running backend.
+
+    @property
+    def rank(self) -> int:
+        return self.hvd.rank()
+
+    @property
+    def size(self) -> int:
+        return self.hvd.size()
+
+    @property
+    def local_rank(self) -> int:
+        return local_slot(self.hvd.local_rank(), self.hvd.local_size())[0]
+
+    @property
+    def local_size(self) -> int:
+        return local_slot(self.hvd.local_rank(), self.hvd.local_size())[1]
+
+    @property
+    def watchdog(self) -> Watchdog:
+        return HorovodBackendBase._watchdog
+
+    def refresh(self) -> None:
+        """After the world was rebuilt: collective names restart from 0, as in a worker that just joined."""
+        HorovodBackendBase._calls = itertools.count()
+        self.watchdog.rank = self.rank
+
+    @property
+    def elastic(self) -> bool:
+        """Launched by ``horovodrun`` in elastic mode (``hvdtrain run --elastic``)."""
+        return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+    def run_elastic(self, train: Callable[[], T], state: ElasticState) -> T:
+        """``train()`` under Horovod's elastic loop, with hvdtrain's state.
+
+        Horovod syncs ``state`` from rank 0 and calls ``train``. When a worker is lost the others
+        restore their last commit; when hosts are added or removed (noticed at a commit) they keep it.
+        Either way Horovod rebuilds the world, this backend re-reads its rank and size, and the
+        sync and ``train`` run again.
+        """
+        backend = self
+
+        class HorovodElasticState(self._elastic_state_base):  # type: ignore[name-defined]
+            def save(self) -> None:
+                state.save()
+
+            def restore(self) -> None:
+                state.restore()
+
+            def sync(self) -> None:
+                state.sync()
+
+            def reset(self) -> None:
+                backend.refresh()
+
+        bridge = HorovodElasticState(bcast_object=self.broadcast_object, get_rank=lambda: self.rank)
+        state.check_host_updates = bridge.check_host_updates
+        return self.hvd.elastic.run(lambda _: train())(bridge)
 
     def watch(self, what: str) -> contextlib.AbstractContextManager:
         """Time a wait for the other ranks; past ``HVDTRAIN_COLLECTIVE_TIMEOUT`` this rank exits, naming it."""

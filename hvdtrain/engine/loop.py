@@ -3,33 +3,52 @@ from __future__ import annotations
 
 from hvdtrain.callbacks.base import CallbackList
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.elastic import ElasticState
+from hvdtrain.core.options import TrainingOptions
 from hvdtrain.core.progress import StepOutcome
 
 
 class EpochLoop:
     """``fit()`` for a Trainer; the framework adapter supplies the data position and the epoch's work.
 
-    Subclasses set ``ctx``, ``callbacks`` and ``accumulation`` and implement
-    ``_position_data``, ``_train_epoch`` and ``evaluate``. Inside ``_train_epoch``
-    each batch runs between ``_begin_batch`` and ``_end_batch``.
+    Subclasses set ``ctx``, ``callbacks``, ``options`` and ``accumulation`` and implement
+    ``_position_data``, ``_train_epoch``, ``evaluate`` and, for elastic training,
+    ``_model_specs`` and ``_after_elastic_load``. Inside ``_train_epoch`` each batch runs
+    between ``_begin_batch`` and ``_end_batch``.
+
+    Under elastic training the epochs run inside the backend's elastic loop: the state is
+    committed in memory every ``commit_every_n_steps`` optimizer steps and at every epoch's end,
+    and a lost or added worker rolls every rank back to the last commit, re-sharded.
     """
 
     ctx: TrainContext
     callbacks: CallbackList
+    options: TrainingOptions
     accumulation: int = 1
+    elastic_state: ElasticState | None = None
 
     def fit(self) -> list[dict[str, float]]:
         """Train until ``max_epochs`` or an agreed stop; returns the epoch logs."""
         ctx = self.ctx
         try:
             self.callbacks.on_train_begin(ctx)
-            while ctx.epoch < ctx.max_epochs and not ctx.stop_training:
-                self._run_epoch(ctx)
+            if ctx.elastic:
+                self.elastic_state = ElasticState(ctx, self._model_specs, self._after_elastic_load)
+                ctx.backend.run_elastic(self._train_epochs, self.elastic_state)
+            else:
+                self._train_epochs()
             self.callbacks.on_train_end(ctx)
         except BaseException as error:
             self.callbacks.on_exception(ctx, error)
             raise
         return ctx.history
+
+    def _train_epochs(self) -> None:
+        ctx = self.ctx
+        while ctx.epoch < ctx.max_epochs and not ctx.stop_training:
+            self._run_epoch(ctx)
+            if self.elastic_state and not ctx.stop_training:
+                self.elastic_state.commit()
 
     def _run_epoch(self, ctx: TrainContext) -> None:
         steps_left = self._position_data(ctx.epoch, ctx.samples_seen_in_epoch)
@@ -70,6 +89,10 @@ class EpochLoop:
         ctx.outcome = outcome
         ctx.logs = {"loss": outcome.loss}
         self.callbacks.on_batch_end(ctx)
+        every = self.options.commit_every_n_steps
+        if self.elastic_state and outcome.updated and every and ctx.global_step % every == 0 \
+                and not ctx.stop_training:
+            self.elastic_state.commit()
         return ctx.stop_training
 
     def _position_data(self, epoch: int, samples_seen: int) -> int | None:
@@ -82,4 +105,12 @@ class EpochLoop:
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics (``val_`` prefixed), exact over all ranks; {} without validation data."""
+        raise NotImplementedError
+
+    def _model_specs(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(name, shape, dtype) of the model's tensors, checked equal on every rank when they sync."""
+        raise NotImplementedError
+
+    def _after_elastic_load(self, old_size: int) -> None:
+        """A commit made by ``old_size`` workers was loaded: drop partial gradients, shard for this world."""
         raise NotImplementedError

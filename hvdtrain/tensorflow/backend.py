@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import horovod.tensorflow as hvd
+from horovod.common.elastic import State as HorovodState
 import tensorflow as tf
 
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
@@ -28,7 +29,7 @@ class HorovodBackend(HorovodBackendBase):
     """
 
     def __init__(self) -> None:
-        super().__init__(hvd, "hvdtrain.tensorflow.init()")
+        super().__init__(hvd, "hvdtrain.tensorflow.init()", HorovodState)
 
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         tensor = tf.constant([float(v) for v in values], dtype=tf.float64)
@@ -72,10 +73,11 @@ def init(threads_per_worker: int | None = None) -> HorovodBackend:
         The job's backend.
     """
     hvd.init()
-    _pin_gpu(hvd.local_rank())
-    _set_threads(threads_per_worker or default_threads(hvd.local_size()))
-    configure_logging(hvd.rank())
-    return HorovodBackend()
+    backend = HorovodBackend()
+    _pin_gpu(backend.local_rank)
+    _set_threads(threads_per_worker or default_threads(backend.local_size))
+    configure_logging(backend.rank)
+    return backend
 
 
 def _set_threads(threads: int) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import horovod.torch as hvd
 import torch
+from horovod.common.elastic import State as HorovodState
 
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
@@ -24,7 +25,7 @@ class HorovodBackend(HorovodBackendBase):
     """Collectives of a Horovod job, through ``horovod.torch``. Call ``init()`` first."""
 
     def __init__(self) -> None:
-        super().__init__(hvd, "hvdtrain.torch.init()")
+        super().__init__(hvd, "hvdtrain.torch.init()", HorovodState)
 
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -117,10 +118,11 @@ def init(threads_per_worker: int | None = None) -> HorovodBackend:
         RuntimeError: a node has fewer GPUs than workers.
     """
     hvd.init()
-    pin_gpu(hvd.local_rank(), hvd.local_size())
-    torch.set_num_threads(threads_per_worker or default_threads(hvd.local_size()))
-    configure_logging(hvd.rank())
-    return HorovodBackend()
+    backend = HorovodBackend()
+    pin_gpu(backend.local_rank, backend.local_size)
+    torch.set_num_threads(threads_per_worker or default_threads(backend.local_size))
+    configure_logging(backend.rank)
+    return backend
 
 
 def pin_gpu(local_rank: int, local_size: int) -> None:

@@ -13,7 +13,7 @@ from hvdtrain.core.context import TrainContext
 from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
 from hvdtrain.engine.loop import EpochLoop
-from hvdtrain.torch.adapter import TorchAdapter
+from hvdtrain.torch.adapter import TorchAdapter, state_specs
 from hvdtrain.torch.backend import default_device
 from hvdtrain.torch.inputs import ShardedInput, StreamingInput, batch_len, make_input, to_device
 from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
@@ -111,6 +111,7 @@ class Trainer(EpochLoop):
             self.training_step = training_step
         if validation_step is not None:
             self.validation_step = validation_step
+        self.train_data = train_data
         self.train_input = self._input(train_data, shuffle=True)
         self.val_data = val_data
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
@@ -135,8 +136,11 @@ class Trainer(EpochLoop):
     def _driver(self, scheduler: Any, o: TrainingOptions) -> SchedulerDriver | None:
         if scheduler is None:
             return None
-        scale = self.backend.size if o.scale_lr and o.op != "adasum" else 1
-        return SchedulerDriver(scheduler, self.optimizer, o.lr_scheduler_interval, scale)
+        return SchedulerDriver(scheduler, self.optimizer, o.lr_scheduler_interval, self._lr_scale(o))
+
+    def _lr_scale(self, o: TrainingOptions) -> int:
+        """The linear scaling rule's factor for this world size (1 when it is off)."""
+        return self.backend.size if o.scale_lr and o.op != "adasum" else 1
 
     def _drive_learning_rates(self) -> None:
         """Let the LR callback take its base LRs from the lr_scheduler, adding one if there is none."""
@@ -156,6 +160,17 @@ class Trainer(EpochLoop):
 
     def _position_data(self, epoch: int, samples_seen: int) -> int | None:
         return self.train_input.set_epoch(epoch, samples_seen, self.ctx.progress.batches_done)
+
+    def _model_specs(self) -> list[tuple[str, tuple[int, ...], str]]:
+        return state_specs(self.model)
+
+    def _after_elastic_load(self, old_size: int) -> None:
+        self.optimizer.zero_grad()
+        self._nonfinite_rank.zero_()
+        self._this_rank_flag.fill_(self.backend.rank + 1)
+        self.train_input = self._input(self.train_data, shuffle=True)
+        if self.lr_scheduler:
+            self.lr_scheduler.scale = self._lr_scale(self.options)
 
     # The steps users may replace.
 

@@ -1,0 +1,112 @@
+"""Elastic training's state: in-memory commits that a lost worker rolls back to and a new worker syncs from.
+
+A commit is an in-memory checkpoint: the model and optimizer (through the adapter's safe encoding,
+so it is a copy on the host), the progress, the history and the callbacks' state, plus this rank's
+RNG. After a failure the survivors ``restore`` their last commit; after the world is rebuilt every
+rank ``sync``s rank 0's commit. When the world size changed, the data is re-sharded from the
+progress (the remaining samples of the epoch over the new ranks), the learning rates are rescaled
+as on a resume, and the callbacks hear ``on_world_change``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from hvdtrain.core.agreement import check_ranks_agree
+from hvdtrain.core.checkpoint_io import CheckpointError
+from hvdtrain.core.context import TrainContext
+
+log = logging.getLogger("hvdtrain")
+
+
+class ElasticState:
+    """What elastic training commits, restores and syncs; the backend's elastic run drives it.
+
+    Args:
+        ctx: the run's context (its model, optimizer, progress and callbacks are committed).
+        specs: the (name, shape, dtype) of every model tensor, checked equal on all ranks at a sync.
+        after_load: the loop's hook after a commit was loaded (drop partial gradients, re-shard the
+            data for the current ranks); takes the world size the commit was made with.
+    """
+
+    def __init__(self, ctx: TrainContext, specs: Callable[[], list[Any]],
+                 after_load: Callable[[int], None]) -> None:
+        self.ctx = ctx
+        self.specs = specs
+        self.after_load = after_load
+        self.check_host_updates: Callable[[], None] = lambda: None  # set by the backend's elastic run
+        self._committed: dict[str, Any] | None = None
+        self._rng: Any = None
+        self._state_world: int | None = None  # the world size the live LRs are scaled for
+
+    def commit(self) -> None:
+        """Collective: keep the state in memory, then learn (all ranks alike) whether hosts changed.
+
+        Raises:
+            Exception: the backend's "hosts updated" interrupt, on every rank at once.
+        """
+        self.save()
+        self.check_host_updates()
+
+    def save(self) -> None:
+        self._committed = self._capture()
+        self._rng = self.ctx.adapter.rng_state()
+
+    def restore(self) -> None:
+        """Return to the last commit (after a failure, before the world is rebuilt)."""
+        if self._committed is None:
+            raise RuntimeError("elastic training lost a worker before its first commit; nothing to restore")
+        self._load(self._committed)
+        self.ctx.adapter.set_rng_state(self._rng)
+
+    def sync(self) -> None:
+        """Collective: every rank (new ones included) takes rank 0's state, which becomes the commit."""
+        ctx = self.ctx
+        check_ranks_agree(ctx.backend, self.specs(), "model", match_names=True)
+        committed = ctx.backend.broadcast_object(self._capture() if ctx.is_root else None)
+        if "error" in committed:
+            raise CheckpointError(committed["error"])
+        self._load(committed)
+        self._committed = committed
+        self._rng = ctx.adapter.rng_state()
+
+    def _capture(self) -> dict[str, Any]:
+        ctx = self.ctx
+        if ctx.startup_error:
+            return {"error": ctx.startup_error}
+        return {"model_optimizer": ctx.adapter.serialize(ctx.adapter.state_dict(ctx.model, ctx.optimizer)),
+                "progress": ctx.progress.resume_point(), "history": list(ctx.history),
+                "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
+                "world_size": self._state_world or ctx.size}
+
+    def _load(self, committed: dict[str, Any]) -> None:
+        ctx = self.ctx
+        ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, ctx.adapter.deserialize(committed["model_optimizer"]))
+        ctx.progress.load(committed["progress"])
+        ctx.history = list(committed["history"])
+        if ctx.callbacks is not None:
+            ctx.callbacks.load_state_dict(committed["callbacks"])
+        old_size = committed["world_size"]
+        self.after_load(old_size)
+        self._state_world = ctx.size
+        if old_size != ctx.size:
+            rescale_for_world_size(ctx, old_size)
+            log.warning("the job now has %d workers (was %d): rank %d continues at epoch %d, step %d",
+                        ctx.size, old_size, ctx.rank, ctx.epoch, ctx.global_step)
+            if ctx.callbacks is not None:
+                ctx.callbacks.on_world_change(ctx, old_size, ctx.size)
+
+
+def rescale_for_world_size(ctx: TrainContext, old_size: int) -> None:
+    """Keep the linear LR scaling rule after the world changed from ``old_size`` to ``ctx.size`` workers.
+
+    Every rank rescales its optimizer's LRs and the callbacks that hold base LRs
+    (``rescale_for_world_size(old, new)``), so the ranks stay equal.
+    """
+    rates = ctx.adapter.get_learning_rates(ctx.optimizer)
+    ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
+    for callback in ctx.callbacks or ():
+        rescale = getattr(callback, "rescale_for_world_size", None)
+        if rescale:
+            rescale(old_size, ctx.size)
