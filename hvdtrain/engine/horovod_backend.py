@@ -92,14 +92,20 @@ class HorovodBackendBase:
                 state.restore()
 
             def sync(self) -> None:
-                state.sync()
+                backend.recoverable(state.sync)
 
             def reset(self) -> None:
                 backend.refresh()
 
         bridge = HorovodElasticState(bcast_object=self.broadcast_object, get_rank=lambda: self.rank)
         state.check_host_updates = bridge.check_host_updates
-        return self.hvd.elastic.run(lambda _: train())(bridge)
+        return self.hvd.elastic.run(lambda _: self.recoverable(train))(bridge)
+
+    def recoverable(self, run: Callable[[], T]) -> T:
+        """``run()``; a collective that failed because a worker was lost raises Horovod's
+        ``HorovodInternalError``, which the elastic run recovers from. Frameworks whose collectives
+        fail with their own errors translate them here."""
+        return run()
 
     def watch(self, what: str) -> contextlib.AbstractContextManager:
         """Time a wait for the other ranks; past ``HVDTRAIN_COLLECTIVE_TIMEOUT`` this rank exits, naming it."""

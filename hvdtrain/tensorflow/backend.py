@@ -6,18 +6,20 @@ Gradients, broadcasts and metrics all go through the backend a Trainer, ``fit`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import horovod.tensorflow as hvd
-from horovod.common.elastic import State as HorovodState
 import tensorflow as tf
+from horovod.common.elastic import State as HorovodState
+from horovod.common.exceptions import HorovodInternalError
 
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
 from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
 
 log = logging.getLogger("hvdtrain")
+T = TypeVar("T")
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
 
 
@@ -34,6 +36,17 @@ class HorovodBackend(HorovodBackendBase):
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         tensor = tf.constant([float(v) for v in values], dtype=tf.float64)
         return [float(v) for v in hvd.allreduce(tensor, op=op, name=name).numpy()]
+
+    def recoverable(self, run: Callable[[], T]) -> T:
+        # A Horovod op fails with TensorFlow's UnknownError. Horovod's own elastic run recognizes only
+        # some op names in it (not the grouped allreduce of a compiled step) and returns None for the
+        # rest, which would end training silently.
+        try:
+            return run()
+        except tf.errors.UnknownError as error:
+            if "Horovod" not in error.message:
+                raise
+            raise HorovodInternalError(error) from error
 
     def grouped_allreduce(self, tensors: list[tf.Tensor], compression: str, prescale_factor: float,
                           postscale_factor: float) -> list[tf.Tensor]:
