@@ -24,6 +24,20 @@ def shard_dataset(dataset: tf.data.Dataset, backend: Backend) -> tf.data.Dataset
     return dataset.shard(backend.size, backend.rank)
 
 
+def check_elastic_input(backend: Backend, **inputs: Any) -> None:
+    """Under elastic training, refuse ``tf.data.Dataset`` inputs (keyword: the argument's name).
+
+    A dataset is one rank's shard of a fixed world, which cannot be re-sharded when workers come
+    and go; in-memory arrays are sharded anew for every world.
+    """
+    if not getattr(backend, "elastic", False):
+        return
+    for name, data in inputs.items():
+        if isinstance(data, tf.data.Dataset):
+            raise ValueError(f"elastic training needs {name} as in-memory arrays (x, y), not a tf.data.Dataset: "
+                             "a dataset is one rank's shard, which cannot be re-sharded when workers come and go")
+
+
 def num_samples(arrays: Any) -> int:
     """The common first dimension of a nest of arrays.
 

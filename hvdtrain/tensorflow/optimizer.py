@@ -129,6 +129,12 @@ class _DistributedOptimizer:
         bad_rank.assign(-1)
         return value
 
+    def forget_noted_losses(self) -> None:
+        """Drop the loss flags of a step a lost worker interrupted (elastic training rolled back)."""
+        local, bad_rank = self._hvd_loss_flags()
+        local.assign(False)
+        bad_rank.assign(-1)
+
     def _hvd_loss_flags(self) -> tuple[tf.Variable, tf.Variable]:
         # Plain tf.Variables, not Keras ones: transient, so not checkpointed or broadcast.
         if getattr(self, "_hvd_flags", None) is None:

@@ -14,12 +14,13 @@ from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
 from hvdtrain.core.sharding import ShardedOrder
 from hvdtrain.engine.loop import EpochLoop
-from hvdtrain.tensorflow.adapter import TensorFlowAdapter, build_optimizer
+from hvdtrain.tensorflow.adapter import TensorFlowAdapter, build_optimizer, state_variables, variable_specs
 from hvdtrain.tensorflow.data import (
     DatasetBatches,
     ShardedArrays,
     as_arrays,
     batch_signature,
+    check_elastic_input,
     dataset_signature,
     num_samples,
     take,
@@ -57,7 +58,9 @@ class Trainer(EpochLoop):
 
     The same arguments, callbacks and checkpoints as ``hvdtrain.torch.Trainer``;
     losses and metrics follow the Keras convention ``fn(y_true, y_pred)``.
-    Epochs resume exactly, even mid-epoch (from ``checkpoint_every_n_steps``).
+    Epochs resume exactly, even mid-epoch (from ``checkpoint_every_n_steps``). Under elastic
+    training (``hvdtrain run --elastic``) the data must be arrays: they are re-sharded whenever
+    workers leave or join (see ``docs/tensorflow.md``).
 
     ``train_data`` is either the whole data set as arrays, which every rank
     passes and the Trainer shards (``ShardedArrays``), or a ``tf.data.Dataset``
@@ -111,6 +114,7 @@ class Trainer(EpochLoop):
         self.accumulation = self.optimizer.backward_passes_per_step
         build_optimizer(self.optimizer, _built(model))
         self.metrics = dict(metrics or {})
+        check_elastic_input(backend, train_data=train_data, val_data=val_data)
         self.train, self.signature = _training_input(train_data, backend, o, steps_per_epoch)
         self.val_data = None if val_data is None else self._validation_input(val_data, "val_data")
         self.steps = TrainerSteps(model, self.optimizer, loss_fn, self.metrics, self.signature)
@@ -125,6 +129,15 @@ class Trainer(EpochLoop):
             return self.train.set_epoch(self.ctx.progress.batches_done)
         self.train.set_epoch(epoch, samples_seen)
         return len(self.train)
+
+    def _model_specs(self) -> list[tuple[str, tuple[int, ...], str]]:
+        return variable_specs(state_variables(self.model, self.optimizer))
+
+    def _after_elastic_load(self, old_size: int) -> None:
+        self.optimizer.forget_noted_losses()
+        self.train, _ = _training_input(self.train.arrays, self.backend, self.options, None)
+        # The compiled steps read the rank and world size when traced: trace them anew.
+        self.steps = TrainerSteps(self.model, self.optimizer, self.steps.loss_fn, self.metrics, self.signature)
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
         sums = np.zeros(1 + len(self.metrics))
