@@ -14,10 +14,11 @@ import tensorflow as tf
 from hvdtrain.callbacks import BroadcastInitialState, Callback, CallbackList, MetricAverage, default_callbacks
 from hvdtrain.core.backend import Backend, allreduce_mean
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.elastic import ElasticState
 from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
-from hvdtrain.tensorflow.adapter import TensorFlowAdapter
-from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, contiguous_shard, take
+from hvdtrain.tensorflow.adapter import TensorFlowAdapter, state_variables, variable_specs
+from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, check_elastic_input, contiguous_shard, take
 from hvdtrain.tensorflow.optimizer import is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.trainer import distributed_optimizer
@@ -37,7 +38,9 @@ class KerasBridge(keras.callbacks.Callback):
     callbacks sets ``model.stop_training`` on every rank at the same step.
     Resuming happens in ``on_train_begin``; Keras then starts at the resumed
     epoch. ``fit`` resumes at epoch granularity: a mid-epoch checkpoint
-    restores the weights and repeats that epoch from its start.
+    restores the weights and repeats that epoch from its start. Under elastic
+    training ``fit`` runs ``model.fit`` once per world and the bridge commits
+    the state at every epoch's end (``elastic_state``).
 
     Args:
         callbacks: hvdtrain callbacks. ``BroadcastInitialState`` and
@@ -68,8 +71,23 @@ class KerasBridge(keras.callbacks.Callback):
         self._check_first_epoch = False
         self._moved_initial_epoch = False
         self._step_watch = contextlib.ExitStack()
+        self.elastic_state: ElasticState | None = None  # set by fit under elastic training
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._attach(int(self.params.get("epochs") or 1), self.params.get("steps"))
+        if self.elastic_state is not None:
+            return  # fit ran hvdtrain's on_train_begin once, before the elastic run
+        self.begin()
+        ctx, model = self.ctx, self.model
+        if ctx.resumed_from is not None:
+            self._check_first_epoch = True
+            if ctx.epoch and hasattr(model, "_initial_epoch"):
+                # The attribute Keras' own BackupAndRestore sets: fit reads it right after on_train_begin.
+                model._initial_epoch = ctx.epoch
+                self._moved_initial_epoch = True
+
+    def _attach(self, epochs: int, steps: int | None) -> None:
+        """Check the model ``model.fit`` runs and put it, its optimizer and the run's length in the context."""
         ctx, model = self.ctx, self.model
         if ctx.size > 1 and not is_distributed(model.optimizer):
             raise RuntimeError("the model's optimizer does not average gradients across workers: compile with "
@@ -81,20 +99,34 @@ class KerasBridge(keras.callbacks.Callback):
             model.jit_compile = False
             model.make_train_function(force=True)
         ctx.model, ctx.optimizer = model, model.optimizer
-        ctx.max_epochs = int(self.params.get("epochs") or 1)
-        ctx.steps_per_epoch = self.params.get("steps")
+        ctx.max_epochs = epochs
+        ctx.steps_per_epoch = steps
+
+    def begin(self) -> None:
+        """hvdtrain's ``on_train_begin`` (resume, initial broadcast), once per training run."""
+        ctx = self.ctx
         self.callbacks.on_train_begin(ctx)
         if ctx.progress.batches_done:
             log.warning("the checkpoint was written mid-epoch (batch %d); model.fit resumes at epoch granularity, "
                         "so epoch %d restarts from its first batch. Use the Trainer for exact mid-epoch resume.",
                         ctx.progress.batches_done, ctx.epoch + 1)
             ctx.progress.start_epoch(ctx.epoch)
-        if ctx.resumed_from is not None:
-            self._check_first_epoch = True
-            if ctx.epoch and hasattr(model, "_initial_epoch"):
-                # The attribute Keras' own BackupAndRestore sets: fit reads it right after on_train_begin.
-                model._initial_epoch = ctx.epoch
-                self._moved_initial_epoch = True
+
+    def begin_elastic(self, model: keras.Model, epochs: int) -> ElasticState:
+        """Before the elastic run: hvdtrain's ``on_train_begin`` and the state every epoch's end commits."""
+        self.set_model(model)
+        self._attach(epochs, None)
+        self.begin()
+        self.elastic_state = ElasticState(self.ctx, lambda: variable_specs(state_variables(model, model.optimizer)),
+                                          self._after_elastic_load)
+        return self.elastic_state
+
+    def _after_elastic_load(self, old_size: int) -> None:
+        """A commit was loaded: forget the interrupted step; the train step is traced anew for this world."""
+        self._step_watch.close()
+        if is_distributed(self.model.optimizer):
+            self.model.optimizer.forget_noted_losses()
+        self.model.train_function = None  # it read the rank and world size when traced
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
@@ -155,6 +187,8 @@ class KerasBridge(keras.callbacks.Callback):
         if ctx.agree_on_stop():
             self.model.stop_training = True
         ctx.progress.next_epoch()
+        if self.elastic_state is not None and not ctx.stop_training and ctx.epoch < ctx.max_epochs:
+            self.elastic_state.commit()
 
     def _average_validation(self, ctx: TrainContext) -> None:
         if self.validation_samples is None:
@@ -191,7 +225,9 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
     ranks). A ``tf.data.Dataset`` ``x`` is used as given: already sharded
     (``shard_dataset``) and batched; the ranks agree on ``steps_per_epoch``.
     The compiled optimizer is converted with ``DistributedOptimizer`` unless
-    it already is. Resume restarts at the checkpoint's epoch.
+    it already is. Resume restarts at the checkpoint's epoch. Under elastic
+    training (``hvdtrain run --elastic``) the data must be arrays, sharded anew
+    for every world; a lost worker costs at most the epoch in progress.
 
     Args:
         model: a compiled Keras model.
@@ -213,6 +249,7 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
         from hvdtrain.tensorflow.backend import HorovodBackend
 
         backend = HorovodBackend()
+    check_elastic_input(backend, x=x, validation_data=validation_data)
     _prepare_model(model, backend, o)
     hvd_callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.Callback)]
     keras_callbacks = [c for c in callbacks if isinstance(c, keras.callbacks.Callback)]
@@ -225,12 +262,43 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
     if verbose is None:
         verbose = 0 if o.progress else "auto"
     try:
+        if bridge.ctx.elastic:
+            return _fit_elastic(model, bridge, (x, y), validation_data, shuffle, o, [bridge, *keras_callbacks], verbose)
         return model.fit(train, epochs=o.epochs, steps_per_epoch=steps, validation_data=val,
                          shuffle=False, callbacks=[bridge, *keras_callbacks],
                          verbose=verbose if backend.rank == 0 else 0)
     except BaseException as error:
         bridge.on_exception(error)
         raise
+
+
+def _fit_elastic(model: keras.Model, bridge: KerasBridge, xy: tuple[Any, Any], validation_data: Any, shuffle: bool,
+                 o: TrainingOptions, callbacks: list[Any], verbose: Any) -> keras.callbacks.History:
+    """``model.fit`` under the backend's elastic run: once per world, from the last commit, on this world's shards."""
+    ctx, backend = bridge.ctx, bridge.ctx.backend
+    state = bridge.begin_elastic(model, o.epochs)
+    first_epoch: list[int] = []  # where training started, once the ranks first synced
+
+    def fit_this_world() -> keras.callbacks.History:
+        start = ctx.epoch
+        first_epoch[:] = first_epoch or [start]
+        _, steps, bridge.data = _training_input(model, *xy, backend, o.batch_size, shuffle, o.seed, None)
+        val, bridge.validation_samples = _validation_input(validation_data, backend, o.batch_size)
+        return model.fit(bridge.data.dataset(first_epoch=lambda: start), epochs=o.epochs, initial_epoch=start,
+                         steps_per_epoch=steps, validation_data=val, shuffle=False, callbacks=callbacks,
+                         verbose=verbose if backend.rank == 0 else 0)
+
+    return _history_since(backend.run_elastic(fit_this_world, state), ctx, first_epoch[0])
+
+
+def _history_since(history: keras.callbacks.History, ctx: TrainContext, first_epoch: int) -> keras.callbacks.History:
+    """The last ``model.fit``'s ``History``, holding the averaged logs of every epoch from ``first_epoch`` on."""
+    history.epoch = list(range(first_epoch, len(ctx.history)))
+    history.history = {}
+    for logs in ctx.history[first_epoch:]:
+        for name, value in logs.items():
+            history.history.setdefault(name, []).append(value)
+    return history
 
 
 def _prepare_model(model: keras.Model, backend: Backend, o: TrainingOptions) -> None:
