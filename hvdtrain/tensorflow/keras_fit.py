@@ -281,7 +281,8 @@ def _fit_elastic(model: keras.Model, bridge: KerasBridge, xy: tuple[Any, Any], v
 
     def fit_this_world() -> keras.callbacks.History:
         start = ctx.epoch
-        first_epoch[:] = first_epoch or [start]
+        if not first_epoch:
+            first_epoch.append(start)
         _, steps, bridge.data = _training_input(model, *xy, backend, o.batch_size, shuffle, o.seed, None)
         val, bridge.validation_samples = _validation_input(validation_data, backend, o.batch_size)
         return model.fit(bridge.data.dataset(first_epoch=lambda: start), epochs=o.epochs, initial_epoch=start,
