@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hvdtrain.core.distributed import LOCAL_SLOT_HOSTS
 from hvdtrain.launcher.allocation import Allocation, slurm_allocation
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.elastic import (
     DEFAULT_COOLDOWN_RANGE,
-    LOCAL_SLOT_HOSTS,
     LOOPBACK_INTERFACE,
     GeneratedScript,
     check_discovery_script,
@@ -376,7 +376,9 @@ def _elastic_plan(options: RunOptions, program: list[str], hosts: list[Host] | N
     np = discovery.sizes[1]
     argv = _horovodrun_argv(executable, replace(options, network_interface=interfaces), np, None, "gloo", False,
                             horovod_settings(options), _elastic_flags(options, discovery))
-    return LaunchPlan([*argv, *program], env, "horovodrun", "gloo", np, hosts, False, allocation, warnings,
+    # Each worker runs under its agent, which ends it when it stops beating (hvdtrain.launcher.agent).
+    supervised = [machine.python, "-m", "hvdtrain.launcher.agent", *program]
+    return LaunchPlan([*argv, *supervised], env, "horovodrun", "gloo", np, hosts, False, allocation, warnings,
                       discovery.generated)
 
 

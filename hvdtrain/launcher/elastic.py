@@ -19,8 +19,6 @@ from hvdtrain.launcher import hosts as hosts_module
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import LOCAL_NAMES, Host
 
-# The slot names of a local elastic job, in order; the workers read it (hvdtrain.core.distributed).
-LOCAL_SLOT_HOSTS = "HVDTRAIN_LOCAL_SLOT_HOSTS"
 # Seconds a blacklisted host stays out: Horovod waits LOW * 2**(times blacklisted) plus up to LOW more,
 # at most HIGH. 10 100: a lost slot comes back after 20-30 s the first time, after 100 s at most.
 DEFAULT_COOLDOWN_RANGE = (10, 100)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import horovod.tensorflow as hvd
-from horovod.common.elastic import State as HorovodState
 import tensorflow as tf
+from horovod.common.elastic import State as HorovodState
 
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging

@@ -21,6 +21,7 @@ from hvdtrain.launcher.hosts import Host
 from hvdtrain.launcher.run import run_job, written
 
 PY, HVDRUN, MPIRUN = "/venv/bin/python", "/venv/bin/horovodrun", "/usr/bin/mpirun"
+AGENT = [sys.executable, "-m", "hvdtrain.launcher.agent", sys.executable]  # every worker runs under its agent
 CPU_BOX = Machine(python=sys.executable, horovodrun=HVDRUN, mpirun=MPIRUN, cpu_count=2, is_root=False, environ={})
 GPU_BOX = Machine(python=PY, horovodrun=HVDRUN, mpirun=MPIRUN, cpu_count=16, is_root=False, environ={},
                   has_gpu=True, gpus=4)
@@ -63,7 +64,7 @@ def test_default_runs_each_local_slot_as_a_host_of_its_own(cwd):
     script = result.discovery_script.path
     assert (result.launcher, result.controller, result.np) == ("horovodrun", "gloo", 2)
     assert result.argv == [HVDRUN, "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", script,
-                           *COOLDOWN, "--gloo", "--network-interface", "lo", sys.executable, "train.py", "--lr", "1"]
+                           *COOLDOWN, "--gloo", "--network-interface", "lo", *AGENT, "train.py", "--lr", "1"]
     assert result.env == {"HVDTRAIN_LOCAL_SLOT_HOSTS": "127.0.0.1,127.0.0.01"}
     assert Path(script).name == "discover-hosts" and Path(script).parent.name.startswith("hvdtrain-elastic-")
     found = discover(result.discovery_script)
@@ -130,7 +131,7 @@ def test_own_discovery_script_is_passed_through(cwd):
                            shlex.quote(str(script)), "--slots-per-host", "2", "--blacklist-cooldown-range", "5", "50",
                            "--elastic-timeout", "60", "--reset-limit", "3", "--gloo",
                            "--stall-check-warning-time-seconds", "30", "--gloo-timeout-seconds", "20",
-                           sys.executable, "train.py", "--lr", "1"]
+                           *AGENT, "train.py", "--lr", "1"]
     assert flag_values(plan(cwd, host_discovery_script=str(script), max_np=3).argv, "-np") == ["3"]
 
 
