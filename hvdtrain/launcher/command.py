@@ -245,9 +245,20 @@ HOROVOD_OPTIONS = (
 )
 
 
+# Horovod's stall inspector shuts the job down after this many seconds of a stalled collective, unless told
+# otherwise. It is a backstop past the per-rank watchdog (HVDTRAIN_COLLECTIVE_TIMEOUT, 600 s): it runs on
+# rank 0 only and misses a stopped process (docs/reliability.md), but catches ranks that submit different
+# collectives while all of them still run.
+DEFAULT_STALL_SHUTDOWN_S = 900
+
+
 def horovod_settings(options: RunOptions) -> list[tuple[list[str], str, str]]:
     """Each Horovod tuning option that is set, as (horovodrun flags, environment variable, value)."""
     _check_horovod_combinations(options)
+    warning = options.stall_check_warning_time_seconds
+    if not options.no_stall_check and options.stall_check_shutdown_time_seconds is None \
+            and (warning if warning is not None else 60) < DEFAULT_STALL_SHUTDOWN_S:
+        options = replace(options, stall_check_shutdown_time_seconds=DEFAULT_STALL_SHUTDOWN_S)
     settings = []
     for key, flag, variable, to_value in HOROVOD_OPTIONS:
         value = getattr(options, key)

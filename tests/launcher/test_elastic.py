@@ -19,6 +19,7 @@ from hvdtrain.launcher.elastic import GeneratedScript, local_slot_hosts
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host
 from hvdtrain.launcher.run import run_job, written
+from tests.launcher.helpers import STALL_SHUTDOWN
 
 PY, HVDRUN, MPIRUN = "/venv/bin/python", "/venv/bin/horovodrun", "/usr/bin/mpirun"
 AGENT = [sys.executable, "-m", "hvdtrain.launcher.agent", sys.executable]  # every worker runs under its agent
@@ -64,7 +65,8 @@ def test_default_runs_each_local_slot_as_a_host_of_its_own(cwd):
     script = result.discovery_script.path
     assert (result.launcher, result.controller, result.np) == ("horovodrun", "gloo", 2)
     assert result.argv == [HVDRUN, "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", script,
-                           *COOLDOWN, "--gloo", "--network-interface", "lo", *AGENT, "train.py", "--lr", "1"]
+                           *COOLDOWN, "--gloo", *STALL_SHUTDOWN, "--network-interface", "lo", *AGENT, "train.py",
+                           "--lr", "1"]
     assert result.env == {"HVDTRAIN_LOCAL_SLOT_HOSTS": "127.0.0.1,127.0.0.01"}
     assert Path(script).name == "discover-hosts" and Path(script).parent.name.startswith("hvdtrain-elastic-")
     found = discover(result.discovery_script)
@@ -130,7 +132,7 @@ def test_own_discovery_script_is_passed_through(cwd):
     assert result.argv == [HVDRUN, "-np", "4", "--min-np", "1", "--max-np", "4", "--host-discovery-script",
                            shlex.quote(str(script)), "--slots-per-host", "2", "--blacklist-cooldown-range", "5", "50",
                            "--elastic-timeout", "60", "--reset-limit", "3", "--gloo",
-                           "--stall-check-warning-time-seconds", "30", "--gloo-timeout-seconds", "20",
+                           "--stall-check-warning-time-seconds", "30", *STALL_SHUTDOWN, "--gloo-timeout-seconds", "20",
                            *AGENT, "train.py", "--lr", "1"]
     assert flag_values(plan(cwd, host_discovery_script=str(script), max_np=3).argv, "-np") == ["3"]
 
