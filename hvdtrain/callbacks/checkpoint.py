@@ -190,8 +190,7 @@ class ResumeFromCheckpoint(Callback):
                     "rescaling learning rates by %d/%d; per-rank RNG streams restart from the seed",
                     old_size, ctx.size, ctx.size, old_size)
         if ctx.is_root:
-            rates = ctx.adapter.get_learning_rates(ctx.optimizer)
-            ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
+            ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.size / old_size)
         for callback in ctx.callbacks or ():
             rescale = getattr(callback, "rescale_for_world_size", None)
             if rescale:

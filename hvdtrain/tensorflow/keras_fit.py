@@ -20,6 +20,7 @@ from hvdtrain.tensorflow.adapter import TensorFlowAdapter
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, contiguous_shard, take
 from hvdtrain.tensorflow.optimizer import is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
+from hvdtrain.tensorflow.schedule import drive_keras_schedule
 from hvdtrain.tensorflow.trainer import distributed_optimizer
 
 log = logging.getLogger("hvdtrain")
@@ -83,6 +84,7 @@ class KerasBridge(keras.callbacks.Callback):
         ctx.model, ctx.optimizer = model, model.optimizer
         ctx.max_epochs = int(self.params.get("epochs") or 1)
         ctx.steps_per_epoch = self.params.get("steps")
+        drive_keras_schedule(model.optimizer, self.callbacks)
         self.callbacks.on_train_begin(ctx)
         if ctx.progress.batches_done:
             log.warning("the checkpoint was written mid-epoch (batch %d); model.fit resumes at epoch granularity, "

@@ -72,8 +72,12 @@ def test_learning_rates_of_a_variable_and_of_a_schedule():
     assert adapter.get_learning_rates(optimizer) == [pytest.approx(0.025)]
     scheduled = keras.optimizers.SGD(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5))
     assert adapter.get_learning_rates(scheduled) == [pytest.approx(0.1)]
-    with pytest.raises(TypeError, match="hvdtrain's learning-rate callbacks cannot set"):
+    with pytest.raises(TypeError, match=r"is a schedule \(ExponentialDecay\), which cannot be set to a value"):
         adapter.set_learning_rates(scheduled, [0.05])
+    adapter.rescale_learning_rates(optimizer, 2.0)
+    assert adapter.get_learning_rates(optimizer) == [pytest.approx(0.05)]
+    adapter.rescale_learning_rates(scheduled, 2.0)  # DistributedOptimizer scales a schedule by this job's size
+    assert adapter.get_learning_rates(scheduled) == [pytest.approx(0.1)]
 
 
 def test_rng_state_round_trip_covers_python_numpy_tf_and_keras_generators():
