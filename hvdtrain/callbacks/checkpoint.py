@@ -187,7 +187,8 @@ class ResumeFromCheckpoint(Callback):
 
     def _reshard(self, ctx: TrainContext, old_size: int) -> None:
         log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
-                    "rescaling learning rates by %d/%d; per-rank RNG streams restart from the seed",
+                    "rescaling learning rates by %d/%d (a framework schedule follows the world size itself); "
+                    "per-rank RNG streams restart from the seed",
                     old_size, ctx.size, ctx.size, old_size)
         if ctx.is_root:
             ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.size / old_size)
