@@ -79,7 +79,9 @@ class Trainer(EpochLoop):
     Args:
         model: a built Keras model (give it a ``keras.Input``); every rank builds it the same way.
         optimizer: a Keras optimizer (converted with ``DistributedOptimizer`` for you) or an
-            already distributed one.
+            already distributed one. Its learning rate may be a Keras ``LearningRateSchedule`` of
+            single-worker rates: scaled by the world size, with ``warmup_epochs``/``lr_schedule``
+            multiplied on top; its position, ``optimizer.iterations``, is checkpointed.
         loss_fn: ``loss_fn(y_true, y_pred)`` returning the batch mean (e.g. a ``keras.losses.Loss``).
         train_data: ``(x, y)``: NumPy arrays or tensors (``x`` may be a tuple or dict of them), or a
             ``tf.data.Dataset`` of this rank's ``(x, y)`` batches.
