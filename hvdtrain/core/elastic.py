@@ -105,8 +105,7 @@ def rescale_for_world_size(ctx: TrainContext, old_size: int) -> None:
     Every rank rescales its optimizer's LRs and the callbacks that hold base LRs
     (``rescale_for_world_size(old, new)``), so the ranks stay equal.
     """
-    rates = ctx.adapter.get_learning_rates(ctx.optimizer)
-    ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
+    ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.size / old_size)
     for callback in ctx.callbacks or ():
         rescale = getattr(callback, "rescale_for_world_size", None)
         if rescale:

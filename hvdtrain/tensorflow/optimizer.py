@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from hvdtrain.core.options import COMPRESSIONS
+from hvdtrain.tensorflow.schedule import scale_learning_rate
 
 _OPS = ("average", "sum")
 _CLASS_CACHE: dict[type, type] = {}
@@ -252,7 +253,8 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any 
         op: "average" or "sum".
         scale_lr: multiply the learning rate by the world size (the linear
             scaling rule; pair it with LR warmup). A ``LearningRateSchedule``
-            is wrapped in ``ScaledSchedule``.
+            is wrapped in a ``ScaledSchedule`` (also without scaling), which
+            hvdtrain's warmup and ``lr_schedule`` multiply.
         gradient_predivide_factor: divide before the sum, multiply after (fp16 range).
         clip_norm: clip the combined gradients to this global norm before applying them.
 
@@ -278,8 +280,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any 
         from hvdtrain.tensorflow.backend import HorovodBackend
 
         backend = HorovodBackend()
-    if scale_lr and backend.size > 1:
-        scale_learning_rate(optimizer, backend.size)
+    scale_learning_rate(optimizer, backend.size if scale_lr else 1)
     optimizer.__class__ = _distributed_class(type(optimizer))
     optimizer._hvd_reducer = reducer
     optimizer._hvd_backend = backend
@@ -301,40 +302,3 @@ def _distributed_class(cls: type) -> type:
         _CLASS_CACHE[cls] = type(cls.__name__, (_DistributedOptimizer, cls),
                                  {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
     return _CLASS_CACHE[cls]
-
-
-def scale_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -> None:
-    """Multiply the optimizer's learning rate (a variable or a schedule) by ``factor``."""
-    rate = optimizer.learning_rate
-    if isinstance(rate, keras.Variable):
-        rate.assign(rate * factor)
-        return
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        raise ValueError("cannot scale a learning rate given as a plain callable; pass a float or a "
-                         "keras.optimizers.schedules.LearningRateSchedule, or use scale_lr=False")
-    optimizer.learning_rate = ScaledSchedule(schedule, factor)
-
-
-@keras.saving.register_keras_serializable(package="hvdtrain")
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning-rate schedule multiplied by a constant (the world size, for ``scale_lr``).
-
-    Args:
-        schedule: the schedule to scale.
-        factor: the multiplier.
-    """
-
-    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, factor: float) -> None:
-        self.schedule = schedule
-        self.factor = float(factor)
-
-    def __call__(self, step: Any) -> Any:
-        return self.schedule(step) * self.factor
-
-    def get_config(self) -> dict[str, Any]:
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "factor": self.factor}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ScaledSchedule:
-        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["factor"])
