@@ -53,21 +53,30 @@ class Trainer(EpochLoop):
     other values to log. Gradient averaging, accumulation, clipping, mixed precision and the
     non-finite-loss check run around it.
 
+    Several optimizers (a GAN's generator and discriminator) are given as ``{name: optimizer}`` and
+    driven by a ``training_step(batch, opt)``: ``opt.backward(loss, name)`` then ``opt.step(name)``
+    for each (``ManualOptimization``), with the same averaging, accumulation, clipping, loss scaling
+    and non-finite check per optimizer. ``self.optimizer`` and ``ctx.optimizer`` are then a
+    ``NamedOptimizers``, whose param groups and state cover them all. See docs/custom_steps.md.
+
     Args:
-        model: the network; every rank builds it the same way.
+        model: the network; every rank builds it the same way (several networks: one ``nn.ModuleDict``).
         optimizer: a plain torch optimizer (wrapped for you) or one already
-            wrapped with ``hvdtrain.torch.DistributedOptimizer``.
+            wrapped with ``hvdtrain.torch.DistributedOptimizer``; or several as ``{name: optimizer}``,
+            each over its own parameters (then ``training_step`` takes ``(batch, opt)``).
         loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss (the default step's).
         train_data: tensors, a ``TensorDataset``, a map-style Dataset (sharded for you), a
             ``DataLoader`` (re-sharded through its sampler when it has a standard one, else used as
             this rank's shard) or an ``IterableDataset`` (this rank's shard; ranks may yield different
             numbers of batches: every epoch ends at the same step on all ranks).
         val_data: optional validation data (same kinds); evaluated every epoch.
-        training_step: ``fn(batch) -> loss | {"loss": ..., name: value}`` replacing the default step.
+        training_step: ``fn(batch) -> loss | {"loss": ..., name: value}`` replacing the default step,
+            or ``fn(batch, opt)`` that runs backward and step itself through ``opt``.
         validation_step: ``fn(batch) -> {name: batch mean}``, logged with a ``val_`` prefix.
         lr_scheduler: a ``torch.optim.lr_scheduler`` built on ``optimizer`` with single-worker LRs;
             stepped every optimizer step or epoch (``lr_scheduler_interval``), with the world-size
-            scaling and ``warmup_epochs``/``lr_schedule`` multiplied on top; checkpointed.
+            scaling and ``warmup_epochs``/``lr_schedule`` multiplied on top; checkpointed. One
+            optimizer only.
         metrics: ``{name: fn(outputs, targets) -> batch mean}``; ``val_`` versions are logged too.
         callbacks: user callbacks, merged with the defaults by ``order``.
         backend: defaults to the Horovod backend (call ``hvdtrain.torch.init()`` first);
@@ -80,7 +89,8 @@ class Trainer(EpochLoop):
     """
 
     @accepts_options
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, train_data: Any = None,
                  val_data: Any = None, *, training_step: Step | None = None, validation_step: Step | None = None,
                  lr_scheduler: Any = None, metrics: dict[str, Metric] | None = None,
