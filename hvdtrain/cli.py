@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from hvdtrain.launcher.cluster import CPU_WORKERS_PER_NODE
-from hvdtrain.launcher.config import CONTROLLERS, LAUNCHERS, LOG_LEVELS, coerce
+from hvdtrain.launcher.config import CONTROLLERS, COOLDOWN_LIMITS, LAUNCHERS, LOG_LEVELS, coerce
+from hvdtrain.launcher.elastic import DEFAULT_COOLDOWN_RANGE
 from hvdtrain.launcher.errors import LaunchError
 
 USAGE_ERROR = 2
@@ -24,8 +25,9 @@ USAGE_ERROR = 2
 def _add_run_parser(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run", help="run a training script on N Horovod workers (horovodrun or mpirun)", allow_abbrev=False,
-        description="Launch SCRIPT on N workers. Options may also come from --config (YAML, keys are the long "
-                    "option names with underscores); the command line wins. See docs/launching.md.")
+        description="Launch SCRIPT on N workers; with --elastic, as Horovod elastic training (horovodrun, Gloo). "
+                    "Options may also come from --config (YAML, keys are the long option names with underscores); "
+                    "the command line wins. See docs/launching.md.")
     run.add_argument("--config", metavar="YAML", help="read options from this YAML file (e.g. run.yaml)")
     run.add_argument("--dry-run", action="store_true", help="print the exact launch command and exit")
     run.add_argument("-np", "--num-proc", dest="np", metavar="N", help="number of worker processes")
@@ -52,6 +54,8 @@ def _add_run_parser(subparsers: Any) -> None:
     tuning.add_argument("--stall-check-warning-time-seconds", metavar="S", help="warn after S s of stall")
     tuning.add_argument("--stall-check-shutdown-time-seconds", metavar="S", help="shut down after S s of stall")
     tuning.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="Horovod's log level")
+    tuning.add_argument("--gloo-timeout-seconds", metavar="S", help="Gloo operations fail after S s (Horovod: 30)")
+    _add_elastic_arguments(run)
     net = run.add_argument_group("network and environment")
     net.add_argument("--network-interface", action="append", metavar="NIC",
                      help="interface for worker traffic (repeat, or comma-separate)")
@@ -64,6 +68,30 @@ def _add_run_parser(subparsers: Any) -> None:
                      help="launch without first checking that every remote host answers")
     run.add_argument("script", help="the training script (run with this Python)")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+
+def _add_elastic_arguments(run: Any) -> None:
+    low, high = DEFAULT_COOLDOWN_RANGE
+    elastic = run.add_argument_group(
+        "elastic training (horovodrun on Gloo; workers may fail, leave and join while the job runs)")
+    elastic.add_argument("--elastic", action="store_true", default=None,
+                         help="launch Horovod elastic training; the script must use hvd.elastic.run")
+    elastic.add_argument("--min-np", "--min-num-proc", dest="min_np", metavar="N",
+                         help="go on while at least N workers are left (default 1; horovodrun's own default is -np)")
+    elastic.add_argument("--max-np", "--max-num-proc", dest="max_np", metavar="N",
+                         help="grow to at most N workers (default -np; on this machine alone: the GPUs, else the "
+                              "usable CPUs); -np defaults to it (at most the slots of -H/--hostfile)")
+    elastic.add_argument("--host-discovery-script", metavar="FILE",
+                         help="executable printing the available hosts, one `host:slots` per line (default: the "
+                              "hostfile, read again on every call; the -H hosts; or this machine, one name per slot)")
+    elastic.add_argument("--slots-per-host", metavar="N",
+                         help="slots of a host the discovery script prints without `:slots` (default 1)")
+    elastic.add_argument("--elastic-timeout", metavar="S", help="wait S s for enough workers after a change "
+                                                                "(Horovod: 600)")
+    elastic.add_argument("--reset-limit", metavar="N", help="stop the job after N resets (Horovod: no limit)")
+    elastic.add_argument("--blacklist-cooldown-range", nargs=2, metavar=("LOW", "HIGH"),
+                         help=f"a host whose worker failed is left out LOW to HIGH s, then tried again (default "
+                              f"{low} {high}; Horovod allows {COOLDOWN_LIMITS[0]} to {COOLDOWN_LIMITS[1]})")
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -81,3 +81,39 @@ def rank_errors(proc: subprocess.CompletedProcess, np: int = 2) -> dict[int, str
     missing = [rank for rank, payload in found.items() if "error" not in payload]
     assert not missing, f"ranks {missing} finished without an error{output}"
     return {rank: payload["error"] for rank, payload in found.items()}
+
+
+ELASTIC_ENV = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "5", "HVDTRAIN_HEARTBEAT_TIMEOUT": "8"}
+
+
+def start_elastic(script: str | os.PathLike, args: list[str], np: int = 3, min_np: int = 2, max_np: int = 3,
+                  cooldown: tuple[int, int] = (3, 5)) -> subprocess.Popen:
+    """Start ``hvdtrain run --elastic`` on this machine's local slots; output goes to ``proc.log``."""
+    results_dir = tempfile.mkdtemp(prefix="hvdtrain-results-")
+    log = Path(results_dir) / "launcher.log"
+    command = [str(BIN / "hvdtrain"), "run", "--elastic", "-np", str(np), "--min-np", str(min_np),
+               "--max-np", str(max_np), "--blacklist-cooldown-range", *map(str, cooldown),
+               str(script), *args]
+    env = {**os.environ, **QUIET_ENV, **ELASTIC_ENV, RESULTS_ENV: results_dir}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    proc.results_dir, proc.log = results_dir, log
+    return proc
+
+
+def worker_pids(marker: str) -> dict[int, int]:
+    """{Horovod rank: pid} of the worker processes (not their launch shells or agents) whose command
+    line holds ``marker``."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = dict(line.split(b"=", 1) for line in (entry / "environ").read_bytes().split(b"\0")
+                           if b"=" in line)
+        except OSError:
+            continue
+        is_python = Path(argv[0].decode(errors="replace")).name.startswith("python")
+        if is_python and marker.encode() in b" ".join(argv) and b"hvdtrain.launcher.agent" not in argv \
+                and b"HOROVOD_RANK" in environ:
+            found[int(environ[b"HOROVOD_RANK"])] = int(entry.name)
+    return found

@@ -32,7 +32,7 @@ class Recorder(Callback):
     order = Order.LEARNING_RATE + 1
 
     def __init__(self):
-        self.lrs, self.epoch_logs, self.steps = [], [], []
+        self.lrs, self.epoch_logs, self.steps, self.world_changes = [], [], [], []
 
     def on_batch_begin(self, ctx):
         self.lrs.append(ctx.adapter.get_learning_rates(ctx.optimizer)[0])
@@ -43,17 +43,30 @@ class Recorder(Callback):
     def on_epoch_end(self, ctx):
         self.epoch_logs.append({k: float(v) for k, v in ctx.logs.items()})
 
+    def on_world_change(self, ctx, old_size, new_size):
+        self.world_changes.append([old_size, new_size, ctx.epoch, ctx.global_step, ctx.samples_seen_in_epoch])
+
 
 class DieAtStep(Callback):
     """Sends this process a signal at a global step: SIGKILL (a crash that leaves no chance to clean
-    up) or SIGSTOP (a rank that stops making progress)."""
+    up) or SIGSTOP (a rank that stops making progress). With ``once_marker`` (a file path), only the
+    first process to get there does, in the whole job: elastic training replays steps after a loss."""
 
-    def __init__(self, step, rank, signum=signal.SIGKILL):
-        self.step, self.rank, self.signum = step, rank, signum
+    def __init__(self, step, rank, signum=signal.SIGKILL, once_marker=None):
+        self.step, self.rank, self.signum, self.once_marker = step, rank, signum, once_marker
 
     def on_batch_end(self, ctx):
-        if ctx.global_step == self.step and ctx.rank == self.rank:
+        if ctx.global_step == self.step and ctx.rank == self.rank and self._first():
             os.kill(os.getpid(), self.signum)
+
+    def _first(self):
+        if self.once_marker is None:
+            return True
+        try:
+            os.close(os.open(self.once_marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
 
 
 class Plateau(Callback):
@@ -130,6 +143,8 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--die-at-step", type=int)
     p.add_argument("--die-rank", type=int, default=1)
     p.add_argument("--stop-at-step", type=int, help="SIGSTOP rank --die-rank at this step")
+    p.add_argument("--once-marker", help="die or stop only once in the whole job (elastic): the file records it")
+    p.add_argument("--commit-every", type=int, help="elastic: commit every n optimizer steps")
     p.add_argument("--warmup-epochs", type=float, default=0.0)
     p.add_argument("--patience", type=int)
     p.add_argument("--nan-at-step", type=int)
@@ -175,9 +190,9 @@ def probe_callbacks(args: argparse.Namespace) -> tuple[Recorder, list[Callback]]
     if args.strict_world_size:
         found.append(ResumeFromCheckpoint(args.checkpoint_dir, on_world_size_change="error"))
     if args.die_at_step is not None:
-        found.append(DieAtStep(args.die_at_step, args.die_rank))
+        found.append(DieAtStep(args.die_at_step, args.die_rank, once_marker=args.once_marker))
     if args.stop_at_step is not None:
-        found.append(DieAtStep(args.stop_at_step, args.die_rank, signal.SIGSTOP))
+        found.append(DieAtStep(args.stop_at_step, args.die_rank, signal.SIGSTOP, args.once_marker))
     if args.fsize_limit_at_epoch is not None:
         found.append(LimitFileSize(args.fsize_limit_at_epoch))
     if args.fill_disk_at_epoch is not None:

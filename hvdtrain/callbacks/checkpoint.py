@@ -199,7 +199,8 @@ class ResumeFromCheckpoint(Callback):
             ctx.adapter.set_rng_state(found["rng"][ctx.rank])
         else:
             log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
-                        "rescaling learning rates by %d/%d; per-rank RNG streams restart from the seed",
+                        "rescaling learning rates by %d/%d (a framework schedule follows the world size itself); "
+                        "per-rank RNG streams restart from the seed",
                         old_size, ctx.size, ctx.size, old_size)
             rescale_for_world_size(ctx, old_size)
         ctx.resumed_from = found["path"]

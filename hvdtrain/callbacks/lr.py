@@ -26,13 +26,16 @@ class LearningRateSchedule(Callback):
         warmup_start_factor: starting fraction of base_lr; defaults to ``1 / size``.
         base_rates: where the base LRs come from each batch, e.g. a framework LR scheduler (already
             scaled by the world size); None takes them from the optimizer when training starts.
+        apply_factor: where the factor goes instead of the optimizer's LRs: a framework schedule
+            that multiplies it into its own rates (a Keras ``LearningRateSchedule``).
     """
 
     order = Order.LEARNING_RATE
 
     def __init__(self, multiplier: Multiplier | None = None, warmup_epochs: float = 0.0,
                  warmup_start_factor: float | None = None,
-                 base_rates: Callable[[], list[float]] | None = None) -> None:
+                 base_rates: Callable[[], list[float]] | None = None,
+                 apply_factor: Callable[[float], None] | None = None) -> None:
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0 (got {warmup_epochs})")
         self.multiplier = multiplier
@@ -40,6 +43,7 @@ class LearningRateSchedule(Callback):
         self.warmup_start_factor = warmup_start_factor
         self.base_lrs: list[float] | None = None
         self.base_rates = base_rates
+        self.apply_factor = apply_factor
         self._last_factor: float | None = None
 
     def on_train_begin(self, ctx: TrainContext) -> None:
@@ -61,7 +65,10 @@ class LearningRateSchedule(Callback):
         if self.base_rates is not None:  # the scheduler may have moved: set every batch
             ctx.adapter.set_learning_rates(ctx.optimizer, [lr * factor for lr in self.base_rates()])
         elif factor != self._last_factor:
-            ctx.adapter.set_learning_rates(ctx.optimizer, [lr * factor for lr in self.base_lrs])
+            if self.apply_factor is not None:
+                self.apply_factor(factor)
+            else:
+                ctx.adapter.set_learning_rates(ctx.optimizer, [lr * factor for lr in self.base_lrs])
             self._last_factor = factor
 
     def on_epoch_end(self, ctx: TrainContext) -> None:

@@ -40,9 +40,7 @@ class ProgressBar(Callback):
 
     @rank_zero_only
     def on_epoch_end(self, ctx: TrainContext) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close_bar()
         metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(ctx.logs.items()))
         print(f"epoch {ctx.epoch + 1}/{ctx.max_epochs}  {metrics}", flush=True)
 
@@ -52,6 +50,15 @@ class ProgressBar(Callback):
             print(f"stopped: {ctx.stop_reason}", flush=True)
 
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
+        self._close_bar()
+
+    def on_world_change(self, ctx: TrainContext, old_size: int, new_size: int) -> None:
+        self._close_bar()  # the epoch goes on from the last commit, under a new bar
+        if ctx.is_root:
+            print(f"workers: {old_size} -> {new_size}; going on from epoch {ctx.epoch + 1}, step {ctx.global_step} "
+                  "(the last commit)", flush=True)
+
+    def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None

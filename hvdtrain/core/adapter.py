@@ -30,6 +30,12 @@ class FrameworkAdapter(Protocol):
     def set_learning_rates(self, optimizer: Any, rates: list[float]) -> None:
         """Set the learning rate of each parameter group."""
 
+    def rescale_learning_rates(self, optimizer: Any, factor: float) -> None:
+        """Multiply the learning rates restored from a checkpoint by ``factor`` (resuming on another world size).
+
+        Rates a framework schedule derives from this job's world size are left as they are.
+        """
+
     def rng_state(self) -> Any:
         """This process's random number generator states (framework and NumPy)."""
 

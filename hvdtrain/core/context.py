@@ -17,7 +17,8 @@ class TrainContext:
         backend: collectives of the job (``SerialBackend`` for one process).
         adapter: the framework adapter.
         model: the framework model.
-        optimizer: the (distributed) optimizer.
+        optimizer: the (distributed) optimizer; with several, one object over all of them (the
+            PyTorch Trainer's ``NamedOptimizers``: ``param_groups`` and ``state_dict`` cover them all).
         max_epochs: number of epochs to train.
         progress: epoch, batch, optimizer steps and samples seen; the loop advances it.
         steps_per_epoch: batches per epoch on every rank, if known.

@@ -92,8 +92,9 @@ class ElasticState:
         self._state_world = ctx.size
         if old_size != ctx.size:
             rescale_for_world_size(ctx, old_size)
-            log.warning("the job now has %d workers (was %d): rank %d continues at epoch %d, step %d",
-                        ctx.size, old_size, ctx.rank, ctx.epoch, ctx.global_step)
+            if ctx.is_root:
+                log.warning("the job now has %d workers (was %d): continuing at epoch %d, step %d, the last commit",
+                            ctx.size, old_size, ctx.epoch, ctx.global_step)
             if ctx.callbacks is not None:
                 ctx.callbacks.on_world_change(ctx, old_size, ctx.size)
 
@@ -104,8 +105,7 @@ def rescale_for_world_size(ctx: TrainContext, old_size: int) -> None:
     Every rank rescales its optimizer's LRs and the callbacks that hold base LRs
     (``rescale_for_world_size(old, new)``), so the ranks stay equal.
     """
-    rates = ctx.adapter.get_learning_rates(ctx.optimizer)
-    ctx.adapter.set_learning_rates(ctx.optimizer, [r * ctx.size / old_size for r in rates])
+    ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.size / old_size)
     for callback in ctx.callbacks or ():
         rescale = getattr(callback, "rescale_for_world_size", None)
         if rescale:

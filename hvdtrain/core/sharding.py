@@ -86,6 +86,10 @@ class ShardedOrder:
             return [self.start]  # fewer samples than ranks left: nothing to split evenly
         return edges
 
+    def global_batch_sizes(self) -> list[int]:
+        """The sizes of the global batches left in this epoch (no permutation drawn)."""
+        return np.diff(self._boundaries()).tolist()
+
     def global_batches(self) -> Iterator[np.ndarray]:
         """The global batches left in this epoch, as index arrays."""
         order = self.permutation()

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from hvdtrain.core.distributed import local_slot
 from hvdtrain.core.elastic import ElasticState
-from hvdtrain.engine.watchdog import Watchdog, timeout_from_env
+from hvdtrain.engine.watchdog import Watchdog, start_heartbeat, timeout_from_env
 
 T = TypeVar("T")
 
@@ -41,6 +41,7 @@ class HorovodBackendBase:
         self._elastic_state_base = elastic_state_base
         if HorovodBackendBase._watchdog is None:
             HorovodBackendBase._watchdog = Watchdog(hvd.rank(), timeout_from_env())
+        start_heartbeat()
 
     # Read live: elastic training rebuilds the world under a running backend.
 

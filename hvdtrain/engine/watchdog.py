@@ -90,3 +90,31 @@ class Watchdog:
             f"ranks it was missing. To allow longer waits, set {TIMEOUT_ENV} (seconds; 0 turns this off).\n")
         sys.stderr.flush()
         os._exit(HANG_EXIT_CODE)
+
+
+HEARTBEAT_FD_ENV = "HVDTRAIN_HEARTBEAT_FD"  # set by hvdtrain.launcher.agent (elastic jobs)
+_heartbeat: threading.Thread | None = None
+
+
+def start_heartbeat(environ: dict[str, str] | None = None, interval: float = 1.0) -> None:
+    """Tell this worker's agent, once a second, that the process still runs (nothing without an agent).
+
+    A stopped or interpreter-blocked worker stops beating, and its agent ends it (see
+    ``hvdtrain.launcher.agent``).
+    """
+    global _heartbeat
+    value = (os.environ if environ is None else environ).get(HEARTBEAT_FD_ENV, "")
+    if _heartbeat is not None or not value.isdigit():
+        return
+    fd = int(value)
+
+    def beat() -> None:
+        try:
+            while True:
+                os.write(fd, b".")
+                time.sleep(interval)
+        except OSError:  # the agent is gone: nobody listens
+            return
+
+    _heartbeat = threading.Thread(target=beat, name="hvdtrain-heartbeat", daemon=True)
+    _heartbeat.start()

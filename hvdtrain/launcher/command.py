@@ -9,12 +9,27 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hvdtrain.core.distributed import LOCAL_SLOT_HOSTS
 from hvdtrain.launcher.allocation import Allocation, slurm_allocation
 from hvdtrain.launcher.config import RunOptions
+from hvdtrain.launcher.elastic import (
+    DEFAULT_COOLDOWN_RANGE,
+    LOOPBACK_INTERFACE,
+    GeneratedScript,
+    check_discovery_script,
+    check_elastic_launch,
+    discovery_path,
+    elastic_sizes,
+    fixed_discovery,
+    hostfile_discovery,
+    local_slot_hosts,
+    reject_elastic_options,
+    shared_local_host_warnings,
+)
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host, HostError, format_hosts, parse_hostfile, parse_hosts, processes_per_host
 from hvdtrain.launcher.hosts import total_slots as count_slots
@@ -91,6 +106,7 @@ class LaunchPlan:
     yield_when_idle: bool
     allocation: Allocation | None = None
     warnings: tuple[str, ...] = ()
+    discovery_script: GeneratedScript | None = None
 
     def shell(self) -> str:
         """The plan as one copy-pasteable shell line."""
@@ -132,11 +148,8 @@ def resolve_np(options: RunOptions, hosts: list[Host] | None, scheduler: str | N
         gpus: this machine's GPUs: on it alone, ``np`` defaults to one worker per GPU.
     """
     if hosts is not None:
-        slots = count_slots(hosts)
-        np = options.np if options.np is not None else slots
-        if np > slots:
-            raise LaunchError(f"-np {np} is more than the {slots} slots of the hosts ({format_hosts(hosts)}); "
-                              f"lower -np to at most {slots} or add slots (`host:N` / `host slots=N`)")
+        np = options.np if options.np is not None else count_slots(hosts)
+        check_fits_hosts(np, hosts)
         return np
     if options.np is None and scheduler is None and gpus:
         return gpus
@@ -144,6 +157,14 @@ def resolve_np(options: RunOptions, hosts: list[Host] | None, scheduler: str | N
         raise LaunchError("the number of workers is not set: give -np N (or `np: N` in the config file), "
                           "or hosts with -H/--hostfile to use all their slots")
     return options.np
+
+
+def check_fits_hosts(np: int, hosts: list[Host]) -> None:
+    """Fail when ``np`` workers are more than the slots of ``hosts``."""
+    slots = count_slots(hosts)
+    if np > slots:
+        raise LaunchError(f"-np {np} is more than the {slots} slots of the hosts ({format_hosts(hosts)}); "
+                          f"lower -np to at most {slots} or add slots (`host:N` / `host slots=N`)")
 
 
 def allocation_np(options: RunOptions, allocation: Allocation) -> int:
@@ -220,12 +241,24 @@ HOROVOD_OPTIONS = (
     ("stall_check_shutdown_time_seconds", "--stall-check-shutdown-time-seconds",
      "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str),
     ("log_level", "--log-level", "HOROVOD_LOG_LEVEL", str),
+    ("gloo_timeout_seconds", "--gloo-timeout-seconds", "HOROVOD_GLOO_TIMEOUT_SECONDS", str),
 )
+
+
+# Horovod's stall inspector shuts the job down after this many seconds of a stalled collective, unless told
+# otherwise. It is a backstop past the per-rank watchdog (HVDTRAIN_COLLECTIVE_TIMEOUT, 600 s): it runs on
+# rank 0 only and misses a stopped process (docs/reliability.md), but catches ranks that submit different
+# collectives while all of them still run.
+DEFAULT_STALL_SHUTDOWN_S = 900
 
 
 def horovod_settings(options: RunOptions) -> list[tuple[list[str], str, str]]:
     """Each Horovod tuning option that is set, as (horovodrun flags, environment variable, value)."""
     _check_horovod_combinations(options)
+    warning = options.stall_check_warning_time_seconds
+    if not options.no_stall_check and options.stall_check_shutdown_time_seconds is None \
+            and (warning if warning is not None else 60) < DEFAULT_STALL_SHUTDOWN_S:
+        options = replace(options, stall_check_shutdown_time_seconds=DEFAULT_STALL_SHUTDOWN_S)
     settings = []
     for key, flag, variable, to_value in HOROVOD_OPTIONS:
         value = getattr(options, key)
@@ -284,6 +317,9 @@ def build_plan(options: RunOptions, script: str, script_args: list[str], machine
     """
     check_script(script, cwd)
     hosts = resolve_hosts(options)
+    if options.elastic:
+        return _elastic_plan(options, [machine.python, script, *script_args], hosts, machine, cwd)
+    reject_elastic_options(vars(options))
     allocation = machine.allocation if hosts is None else None
     if allocation is not None:
         scheduler, hosts, np = None, allocation.hosts, allocation_np(options, allocation)
@@ -315,9 +351,102 @@ def gpu_warnings(np: int | None, hosts: list[Host] | None, gpus: int) -> tuple[s
             f"GPU each and stop with an error; use -np {gpus} (or leave -np out: it defaults to the GPU count)",)
 
 
+@dataclass(frozen=True)
+class ElasticDiscovery:
+    """Where the hosts of an elastic job come from, and how many workers it runs."""
+
+    sizes: tuple[int, int, int]  # min_np, np, max_np
+    script: str  # the discovery script horovodrun runs
+    generated: GeneratedScript | None = None  # written by hvdtrain run for the job
+    local_slot_hosts: tuple[str, ...] = ()  # this machine's slot names, when it is the only host
+
+
+def _elastic_plan(options: RunOptions, program: list[str], hosts: list[Host] | None, machine: Machine,
+                  cwd: str | os.PathLike | None) -> LaunchPlan:
+    """horovodrun in elastic mode: Gloo, and a host discovery script (the user's or one written for the job)."""
+    check_elastic_launch(options.controller, options.launcher)
+    _launcher, executable = resolve_launcher(options, "gloo", machine)
+    if options.mpi_args:
+        raise LaunchError("mpi_args only apply to the MPI controller, and elastic training runs on Gloo; drop them")
+    if options.slots_per_host and not options.host_discovery_script:
+        raise LaunchError("--slots-per-host only applies to --host-discovery-script (the hosts hvdtrain lists carry "
+                          "their slots); drop it")
+    allocation = None
+    if options.host_discovery_script:
+        discovery = _user_discovery(options, hosts, cwd)
+    else:
+        if hosts is None and machine.allocation is not None:
+            allocation, hosts = machine.allocation, machine.allocation.hosts
+        discovery = _local_discovery(options, machine) if hosts is None else _hosts_discovery(options, hosts, machine)
+    env = {name: value for name, value in split_env(options.env, machine.environ).items() if value is not None}
+    interfaces, warnings = options.network_interface, shared_local_host_warnings(hosts or [])
+    if discovery.local_slot_hosts:
+        env[LOCAL_SLOT_HOSTS] = ",".join(discovery.local_slot_hosts)
+        interfaces = interfaces or [LOOPBACK_INTERFACE]
+        warnings = gpu_warnings(discovery.sizes[2], None, machine.gpus)
+    np = discovery.sizes[1]
+    argv = _horovodrun_argv(executable, replace(options, network_interface=interfaces), np, None, "gloo", False,
+                            horovod_settings(options), _elastic_flags(options, discovery))
+    # Each worker runs under its agent, which ends it when it stops beating (hvdtrain.launcher.agent).
+    supervised = [machine.python, "-m", "hvdtrain.launcher.agent", *program]
+    return LaunchPlan([*argv, *supervised], env, "horovodrun", "gloo", np, hosts, False, allocation, warnings,
+                      discovery.generated)
+
+
+def _user_discovery(options: RunOptions, hosts: list[Host] | None, cwd: str | os.PathLike | None
+                    ) -> ElasticDiscovery:
+    if hosts is not None:
+        raise LaunchError("give either --host-discovery-script or -H/--hosts/--hostfile, not both: the script "
+                          "lists the hosts of the elastic job")
+    script = check_discovery_script(options.host_discovery_script, cwd)
+    return ElasticDiscovery(elastic_sizes(options.min_np, options.np, options.max_np, None), script)
+
+
+def _hosts_discovery(options: RunOptions, hosts: list[Host], machine: Machine) -> ElasticDiscovery:
+    """A hostfile is read again on every call (editing it adds or removes hosts); -H hosts are a fixed list."""
+    sizes = elastic_sizes(options.min_np, options.np, options.max_np, count_slots(hosts))
+    check_fits_hosts(sizes[1], hosts)
+    if options.hostfile:
+        text = hostfile_discovery(os.path.abspath(options.hostfile), machine.python)
+    else:
+        text = fixed_discovery(hosts, f"the hosts of {'-H' if options.hosts else 'the Slurm allocation'}, a fixed list")
+    path = discovery_path()
+    return ElasticDiscovery(sizes, path, GeneratedScript(path, text))
+
+
+def _local_discovery(options: RunOptions, machine: Machine) -> ElasticDiscovery:
+    """This machine alone, each slot under a name of its own (``local_slot_hosts``): a failure costs one slot."""
+    scheduler = next((name for name in ALLOCATION_VARIABLES if name in machine.environ), None)
+    if scheduler is not None:
+        raise LaunchError(f"--elastic cannot read the hosts of the scheduler's allocation ({scheduler} is set; "
+                          "horovodrun does not read them); list them with --hostfile FILE or -H host:N,..., or give "
+                          "a --host-discovery-script")
+    slots = options.max_np or options.np or machine.gpus or machine.cpu_count
+    sizes = elastic_sizes(options.min_np, options.np, options.max_np, slots)
+    names = local_slot_hosts(sizes[2])
+    text = fixed_discovery([Host(name, 1) for name in names],
+                           "this machine, each slot as a host of its own (docs/launching.md, Elastic training)")
+    path = discovery_path()
+    return ElasticDiscovery(sizes, path, GeneratedScript(path, text), tuple(names))
+
+
+def _elastic_flags(options: RunOptions, discovery: ElasticDiscovery) -> list[str]:
+    min_np, _np, max_np = discovery.sizes
+    flags = ["--min-np", str(min_np), "--max-np", str(max_np), "--host-discovery-script", shlex.quote(discovery.script)]
+    if options.host_discovery_script:
+        flags += ["--slots-per-host", str(options.slots_per_host or 1)]
+    low, high = options.blacklist_cooldown_range or DEFAULT_COOLDOWN_RANGE
+    flags += ["--blacklist-cooldown-range", str(low), str(high)]
+    if options.elastic_timeout is not None:
+        flags += ["--elastic-timeout", str(options.elastic_timeout)]
+    if options.reset_limit is not None:
+        flags += ["--reset-limit", str(options.reset_limit)]
+    return flags
+
+
 def _horovodrun_argv(executable: str, options: RunOptions, np: int | None, hosts: list[Host] | None,
-                     controller: str, yield_idle: bool, settings: list) -> list[str]:
-    argv = [executable, "-np", str(np)]
+                     controller: str, yield_idle: bool, settings: list, elastic_flags: Sequence[str] = ()) -> list[str]:
+    argv = [executable, "-np", str(np), *elastic_flags]
     if hosts:
         argv += ["-H", format_hosts(hosts)]
     argv.append(f"--{controller}")

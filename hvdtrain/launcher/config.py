@@ -21,7 +21,9 @@ CONTROLLERS = ("mpi", "gloo")
 LAUNCHERS = ("auto", "horovodrun", "mpirun")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "FATAL")
 # Keys whose relative paths in a config file are taken relative to that file.
-PATH_KEYS = ("hostfile", "timeline_filename", "autotune_log_file", "ssh_identity_file")
+PATH_KEYS = ("hostfile", "timeline_filename", "autotune_log_file", "ssh_identity_file", "host_discovery_script")
+# Horovod's bounds on --blacklist-cooldown-range (horovod.runner.elastic.discovery), in seconds.
+COOLDOWN_LIMITS = (1, 3600)
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,23 @@ class RunOptions:
     env: list[str] = field(default_factory=list)
     mpi_args: list[str] = field(default_factory=list)
     skip_host_check: bool = False
+    gloo_timeout_seconds: int | None = None
+    elastic: bool = False
+    min_np: int | None = None
+    max_np: int | None = None
+    host_discovery_script: str | None = None
+    slots_per_host: int | None = None
+    elastic_timeout: int | None = None
+    reset_limit: int | None = None
+    blacklist_cooldown_range: tuple[int, int] | None = None
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONFIG_KEYS = tuple(f.name for f in fields(RunOptions))
 _INT_KEYS = {"np": 1, "fusion_threshold_mb": 0, "cache_capacity": 0, "stall_check_warning_time_seconds": 0,
-             "stall_check_shutdown_time_seconds": 0, "ssh_port": 1}  # key -> smallest allowed value
-_BOOL_KEYS = {"timeline_mark_cycles", "autotune", "no_stall_check", "skip_host_check"}
+             "stall_check_shutdown_time_seconds": 0, "ssh_port": 1, "gloo_timeout_seconds": 1, "min_np": 1,
+             "max_np": 1, "slots_per_host": 1, "elastic_timeout": 1, "reset_limit": 0}  # key -> smallest allowed
+_BOOL_KEYS = {"timeline_mark_cycles", "autotune", "no_stall_check", "skip_host_check", "elastic"}
 _CHOICE_KEYS = {"controller": CONTROLLERS, "launcher": LAUNCHERS, "log_level": LOG_LEVELS}
 
 
@@ -127,6 +139,8 @@ def coerce(key: str, value: Any, source: str) -> Any:
         return _as_name_list(value, where)
     if key == "env":
         return _as_env_list(value, where)
+    if key == "blacklist_cooldown_range":
+        return _as_cooldown_range(value, where)
     if key == "mpi_args":
         return shlex.split(value) if isinstance(value, str) else [str(item) for item in _as_list(value, where)]
     if not isinstance(value, str | int | float) or isinstance(value, bool):
@@ -150,6 +164,27 @@ def _as_positive_float(value: Any, where: str) -> float:
     if isinstance(value, bool) or not number > 0:
         raise LaunchError(f"{where} must be a number > 0, got {value!r}")
     return number
+
+
+def _as_cooldown_range(value: Any, where: str) -> tuple[int, int]:
+    """``[LOW, HIGH]`` or ``"LOW HIGH"`` seconds, within Horovod's limits."""
+    low_limit, high_limit = COOLDOWN_LIMITS
+    expected = (f"{where} must be two whole numbers of seconds LOW HIGH with {low_limit} <= LOW <= HIGH <= "
+                f"{high_limit} (Horovod's limits), e.g. `10 100`; got {_shown(value)}")
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or len(items) != 2:
+        raise LaunchError(expected)
+    try:
+        low, high = (_as_int(item, low_limit, where) for item in items)
+    except LaunchError:
+        raise LaunchError(expected) from None
+    if not low <= high <= high_limit:
+        raise LaunchError(expected)
+    return low, high
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else repr(value)
 
 
 def _as_choice(value: Any, choices: tuple[str, ...], where: str) -> str:

@@ -1,17 +1,21 @@
 """``hvdtrain run``: plan the launch (pure) and execute it, forwarding signals so no job is left behind."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from hvdtrain.launcher.command import LaunchPlan, Machine, build_plan, detect_machine
 from hvdtrain.launcher.config import load_config, merge
+from hvdtrain.launcher.elastic import GeneratedScript
 from hvdtrain.launcher.reach import check_reachable, remote_shell
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -50,8 +54,38 @@ def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) 
         print(f"hvdtrain run: {plan.np} worker(s) in {plan.allocation.describe()}", file=sys.stderr, flush=True)
     if dry_run:
         print(plan.shell(), file=out, flush=True)
+        if plan.discovery_script:
+            print(describe_generated(plan.discovery_script), file=out, flush=True)
         return 0
-    return execute(plan.argv, plan.env)
+    with written(plan.discovery_script):
+        return execute(plan.argv, plan.env)
+
+
+def describe_generated(script: GeneratedScript) -> str:
+    """The script ``hvdtrain run`` would write, as shell comments (a dry run's output stays a shell script)."""
+    lines = [f"# {script.path}, written when the job starts and removed when it ends:",
+             *(f"#   {line}" for line in script.text.splitlines())]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def written(script: GeneratedScript | None) -> Iterator[None]:
+    """Write ``script`` (executable, in a new directory only this user can read) for the block, then remove it.
+
+    horovodrun runs the discovery script on this machine only, so a local temporary directory is
+    enough, and one named at random and created here (never reused) cannot be another job's.
+    """
+    if script is None:
+        yield
+        return
+    path = Path(script.path)
+    path.parent.mkdir(mode=0o700)
+    try:
+        path.write_text(script.text)
+        path.chmod(0o700)
+        yield
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_seconds: float = GRACE_SECONDS) -> int:

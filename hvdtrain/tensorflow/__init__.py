@@ -10,8 +10,9 @@ from hvdtrain.tensorflow.adapter import TensorFlowAdapter, broadcast_state
 from hvdtrain.tensorflow.backend import HorovodBackend, SerialBackend, init
 from hvdtrain.tensorflow.data import ShardedArrays, shard_dataset
 from hvdtrain.tensorflow.keras_fit import KerasBridge, fit
-from hvdtrain.tensorflow.optimizer import DistributedOptimizer, GradientReducer, ScaledSchedule, is_distributed
+from hvdtrain.tensorflow.optimizer import DistributedOptimizer, GradientReducer, is_distributed
 from hvdtrain.tensorflow.precision import set_precision
+from hvdtrain.tensorflow.schedule import ScaledSchedule
 from hvdtrain.tensorflow.step import make_train_step
 from hvdtrain.tensorflow.trainer import Trainer, accuracy
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from hvdtrain.core.agreement import check_ranks_agree
 from hvdtrain.core.state_codec import decode_state, encode_state
+from hvdtrain.tensorflow.schedule import learning_rate_owner
 
 STATE_FORMAT = "hvdtrain.tensorflow/1"
 
@@ -71,12 +72,21 @@ class TensorFlowAdapter:
     def set_learning_rates(self, optimizer: Any, rates: list[float]) -> None:
         variable = optimizer.learning_rate
         if not isinstance(variable, keras.Variable):
+            schedule = type(learning_rate_owner(optimizer)._learning_rate).__name__
             raise TypeError(
-                f"{type(optimizer).__name__}'s learning rate is a schedule ({type(variable).__name__}), which "
-                "hvdtrain's learning-rate callbacks cannot set. Give the optimizer a float learning_rate and "
-                "express the schedule with hvdtrain's LearningRateSchedule(multiplier=...) or warmup_epochs=, "
-                "or drop the learning-rate callback and keep the Keras schedule.")
+                f"{type(optimizer).__name__}'s learning rate is a schedule ({schedule}), which cannot be set to a "
+                "value. hvdtrain's warmup_epochs and lr_schedule multiply a Keras LearningRateSchedule instead; "
+                "a callback that sets rates itself needs an optimizer with a float learning_rate.")
         variable.assign(float(rates[0]))
+
+    def rescale_learning_rates(self, optimizer: Any, factor: float) -> None:
+        """Multiply a float learning rate by ``factor``; a schedule already follows this job's world size.
+
+        ``DistributedOptimizer`` scaled the schedule by this job's world size, and checkpoints hold only
+        its position (``optimizer.iterations``), so it needs no rescaling.
+        """
+        if isinstance(optimizer.learning_rate, keras.Variable):
+            self.set_learning_rates(optimizer, [rate * factor for rate in self.get_learning_rates(optimizer)])
 
     def rng_state(self) -> dict[str, Any]:
         """Python, NumPy, ``tf.random``'s global generator and Keras' global seed generator.

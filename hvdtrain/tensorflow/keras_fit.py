@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import keras
@@ -16,11 +16,12 @@ from hvdtrain.core.backend import Backend, allreduce_mean
 from hvdtrain.core.context import TrainContext
 from hvdtrain.core.elastic import ElasticState
 from hvdtrain.core.options import TrainingOptions, accepts_options
-from hvdtrain.core.progress import StepOutcome
+from hvdtrain.core.progress import Progress, StepOutcome
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, state_variables, variable_specs
 from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, check_elastic_input, contiguous_shard, take
 from hvdtrain.tensorflow.optimizer import is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
+from hvdtrain.tensorflow.schedule import drive_keras_schedule
 from hvdtrain.tensorflow.trainer import distributed_optimizer
 
 log = logging.getLogger("hvdtrain")
@@ -36,11 +37,19 @@ class KerasBridge(keras.callbacks.Callback):
     agreed inside the gradient allreduce, its update skipped on every rank,
     and training stops at that step. A stop agreed by the hvdtrain
     callbacks sets ``model.stop_training`` on every rank at the same step.
-    Resuming happens in ``on_train_begin``; Keras then starts at the resumed
-    epoch. ``fit`` resumes at epoch granularity: a mid-epoch checkpoint
-    restores the weights and repeats that epoch from its start. Under elastic
-    training ``fit`` runs ``model.fit`` once per world and the bridge commits
-    the state at every epoch's end (``elastic_state``).
+    A Keras ``LearningRateSchedule`` on the optimizer (wrapped by
+    ``DistributedOptimizer``) is multiplied by hvdtrain's warmup and
+    ``lr_schedule``, not replaced.
+
+    Resuming happens in the train-begin hooks. In your own ``model.fit`` call
+    they run in ``on_train_begin`` and Keras then starts at the resumed epoch,
+    from its first batch: a mid-epoch checkpoint restores the weights and
+    repeats that epoch. ``hvdtrain.tensorflow.fit`` resumes exactly instead:
+    it runs the hooks first (``training``), then feeds the resumed epoch's
+    remaining batches to a ``model.fit`` call of their own, whose batches
+    continue the epoch's counters, and the later epochs to another. Under
+    elastic training ``fit`` runs these calls inside the backend's elastic
+    run and the bridge commits the state (``start_elastic``).
 
     Args:
         callbacks: hvdtrain callbacks. ``BroadcastInitialState`` and
@@ -68,27 +77,71 @@ class KerasBridge(keras.callbacks.Callback):
         self.data = data
         self.validation_samples = validation_samples
         self.ctx = TrainContext(backend=backend, adapter=TensorFlowAdapter(backend))
+        self._held = False  # inside training(): the train begin and end hooks run there, once
+        self._first_batch = 0  # batches of the epoch done before this model.fit call (a resumed epoch)
+        self._step_sizes: list[tuple[int, int]] = []
         self._check_first_epoch = False
         self._moved_initial_epoch = False
         self._step_watch = contextlib.ExitStack()
-        self.elastic_state: ElasticState | None = None  # set by fit under elastic training
+        self.elastic_state: ElasticState | None = None
+        self._commit_every: int | None = None
+
+    @contextlib.contextmanager
+    def training(self, model: keras.Model, epochs: int, steps_per_epoch: int | None = None) -> Iterator[TrainContext]:
+        """One hvdtrain run over one or more ``model.fit`` calls (what ``fit`` uses).
+
+        The train-begin hooks (resume, initial broadcast) run on entry, so the
+        context says where training continues before ``model.fit`` is called;
+        the train-end hooks run on exit, ``on_exception`` if anything raises.
+        A resumed epoch continues at its checkpoint's batch: feed its remaining
+        batches to a ``model.fit(..., initial_epoch=ctx.epoch, epochs=ctx.epoch + 1)``
+        of their own (``steps_per_epoch``: the batches left), then the next epochs.
+        """
+        self.set_model(model)
+        self._held = True
+        try:
+            self._begin_training(model, epochs, steps_per_epoch)
+            yield self.ctx
+            self.callbacks.on_train_end(self.ctx)
+        except BaseException as error:
+            self.on_exception(error)
+            raise
+        finally:
+            self._held = False
+
+    def start_elastic(self, commit_every_n_steps: int | None) -> ElasticState:
+        """Elastic training (inside ``training``): the state committed at every epoch's end and every
+        ``commit_every_n_steps`` optimizer steps, which a lost or added worker rolls every rank back to."""
+        model = self.model
+        self._commit_every = commit_every_n_steps
+        self.elastic_state = ElasticState(self.ctx, lambda: variable_specs(state_variables(model, model.optimizer)),
+                                          self._after_elastic_load)
+        return self.elastic_state
+
+    def _after_elastic_load(self, old_size: int) -> None:
+        """A commit was loaded: forget the interrupted step; the train step is traced anew for this world."""
+        self._step_watch.close()
+        optimizer = self.model.optimizer
+        if is_distributed(optimizer):
+            optimizer.forget_noted_losses()
+            optimizer.follow_world_size()
+        self.model.train_function = None  # it read the rank and world size when traced
+
+    def skip_epoch_end(self) -> None:
+        """Go on to the next epoch: the resumed one has no batches left, so its end-of-epoch hooks are skipped."""
+        log.warning("the checkpoint was written after the last batch of epoch %d, before its end: its "
+                    "validation and end-of-epoch hooks are skipped; training continues at epoch %d",
+                    self.ctx.epoch + 1, self.ctx.epoch + 2)
+        self.ctx.progress.next_epoch()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._attach(int(self.params.get("epochs") or 1), self.params.get("steps"))
-        if self.elastic_state is not None:
-            return  # fit ran hvdtrain's on_train_begin once, before the elastic run
-        self.begin()
-        ctx, model = self.ctx, self.model
-        if ctx.resumed_from is not None:
-            self._check_first_epoch = True
-            if ctx.epoch and hasattr(model, "_initial_epoch"):
-                # The attribute Keras' own BackupAndRestore sets: fit reads it right after on_train_begin.
-                model._initial_epoch = ctx.epoch
-                self._moved_initial_epoch = True
+        if self._held:
+            return
+        self._begin_training(self.model, int(self.params.get("epochs") or 1), self.params.get("steps"))
+        self._restart_resumed_epoch()
 
-    def _attach(self, epochs: int, steps: int | None) -> None:
-        """Check the model ``model.fit`` runs and put it, its optimizer and the run's length in the context."""
-        ctx, model = self.ctx, self.model
+    def _begin_training(self, model: keras.Model, epochs: int, steps_per_epoch: int | None) -> None:
+        ctx = self.ctx
         if ctx.size > 1 and not is_distributed(model.optimizer):
             raise RuntimeError("the model's optimizer does not average gradients across workers: compile with "
                                "optimizer=hvdtrain.tensorflow.DistributedOptimizer(...) or use "
@@ -99,34 +152,24 @@ class KerasBridge(keras.callbacks.Callback):
             model.jit_compile = False
             model.make_train_function(force=True)
         ctx.model, ctx.optimizer = model, model.optimizer
-        ctx.max_epochs = epochs
-        ctx.steps_per_epoch = steps
-
-    def begin(self) -> None:
-        """hvdtrain's ``on_train_begin`` (resume, initial broadcast), once per training run."""
-        ctx = self.ctx
+        ctx.max_epochs, ctx.steps_per_epoch = epochs, steps_per_epoch
+        drive_keras_schedule(model.optimizer, self.callbacks)
         self.callbacks.on_train_begin(ctx)
+
+    def _restart_resumed_epoch(self) -> None:
+        """Your own ``model.fit`` starts at an epoch's first batch: make the resumed epoch start there."""
+        ctx, model = self.ctx, self.model
         if ctx.progress.batches_done:
             log.warning("the checkpoint was written mid-epoch (batch %d); model.fit resumes at epoch granularity, "
-                        "so epoch %d restarts from its first batch. Use the Trainer for exact mid-epoch resume.",
-                        ctx.progress.batches_done, ctx.epoch + 1)
+                        "so epoch %d restarts from its first batch. hvdtrain.tensorflow.fit and the Trainer "
+                        "resume mid-epoch exactly.", ctx.progress.batches_done, ctx.epoch + 1)
             ctx.progress.start_epoch(ctx.epoch)
-
-    def begin_elastic(self, model: keras.Model, epochs: int) -> ElasticState:
-        """Before the elastic run: hvdtrain's ``on_train_begin`` and the state every epoch's end commits."""
-        self.set_model(model)
-        self._attach(epochs, None)
-        self.begin()
-        self.elastic_state = ElasticState(self.ctx, lambda: variable_specs(state_variables(model, model.optimizer)),
-                                          self._after_elastic_load)
-        return self.elastic_state
-
-    def _after_elastic_load(self, old_size: int) -> None:
-        """A commit was loaded: forget the interrupted step; the train step is traced anew for this world."""
-        self._step_watch.close()
-        if is_distributed(self.model.optimizer):
-            self.model.optimizer.forget_noted_losses()
-        self.model.train_function = None  # it read the rank and world size when traced
+        if ctx.resumed_from is not None:
+            self._check_first_epoch = True
+            if ctx.epoch and hasattr(model, "_initial_epoch"):
+                # The attribute Keras' own BackupAndRestore sets: fit reads it right after on_train_begin.
+                model._initial_epoch = ctx.epoch
+                self._moved_initial_epoch = True
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
@@ -134,7 +177,14 @@ class KerasBridge(keras.callbacks.Callback):
             raise RuntimeError(f"training resumed at epoch {ctx.epoch} but model.fit started at epoch {epoch}; "
                                f"pass initial_epoch={ctx.epoch} to model.fit")
         self._check_first_epoch = False
-        ctx.progress.start_epoch(epoch)
+        if epoch != ctx.epoch or not ctx.progress.batches_done:
+            ctx.progress.start_epoch(epoch)  # else the resumed epoch continues after its checkpoint's batch
+        self._first_batch = ctx.progress.batches_done
+        steps = self.params.get("steps")
+        ctx.steps_per_epoch = None if steps is None else self._first_batch + steps
+        if self.data is not None:
+            self.data.set_epoch(epoch, ctx.samples_seen_in_epoch)
+            self._step_sizes = self.data.step_sizes
         ctx.sample_count = 0
         ctx.logs = {}
         self.callbacks.on_epoch_begin(ctx)
@@ -149,7 +199,8 @@ class KerasBridge(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._step_watch.close()
         ctx = self.ctx
-        self._count_batches(ctx, last=batch)  # with steps_per_execution > 1, Keras reports several at once
+        # With steps_per_execution > 1, Keras reports several batches at once; its count restarts every fit call.
+        self._count_batches(ctx, last=self._first_batch + batch)
         ctx.logs = dict(logs or {})
         optimizer = self.model.optimizer
         if is_distributed(optimizer):
@@ -159,13 +210,22 @@ class KerasBridge(keras.callbacks.Callback):
         self.callbacks.on_batch_end(ctx)
         if ctx.stop_training:
             self.model.stop_training = True
+        if self._commit_due(ctx):
+            self.elastic_state.commit()
+
+    def _commit_due(self, ctx: TrainContext) -> bool:
+        """Whether elastic training commits after this batch: every ``commit_every_n_steps`` optimizer steps,
+        except at the epoch's last batch (its end commits; a rollback there would skip the epoch's end)."""
+        every, last = self._commit_every, ctx.steps_per_epoch
+        return (self.elastic_state is not None and bool(every) and ctx.outcome.updated and not ctx.stop_training
+                and ctx.global_step % every == 0 and (last is None or ctx.progress.batches_done < last))
 
     def _count_batches(self, ctx: TrainContext, last: int) -> None:
         """Advance the progress through batch ``last`` of the epoch; one update every ``passes`` batches."""
         passes = getattr(self.model.optimizer, "backward_passes_per_step", 1)
         progress = ctx.progress
         while True:
-            local, global_size = self.data.step_sizes[progress.batch] if self.data is not None else (0, 0)
+            local, global_size = self._step_size(progress.batch)
             updated = (progress.micro_batches + 1) % passes == 0
             progress.finish_batch(global_size, updated)
             ctx.sample_count += local
@@ -173,6 +233,10 @@ class KerasBridge(keras.callbacks.Callback):
                 break
             progress.start_batch()
         ctx.outcome = StepOutcome(None, updated)
+
+    def _step_size(self, batch: int) -> tuple[int, int]:
+        """This rank's and all ranks' samples in the epoch's batch ``batch``; (0, 0) with no ``data``."""
+        return self._step_sizes[batch - self._first_batch] if self.data is not None else (0, 0)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
@@ -200,7 +264,8 @@ class KerasBridge(keras.callbacks.Callback):
         if self._moved_initial_epoch:
             self.model._initial_epoch = None
             self._moved_initial_epoch = False
-        self.callbacks.on_train_end(self.ctx)
+        if not self._held:
+            self.callbacks.on_train_end(self.ctx)
 
     def on_exception(self, error: BaseException) -> None:
         """Tell the hvdtrain callbacks that ``model.fit`` raised (Keras has no such hook)."""
@@ -225,9 +290,17 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
     ranks). A ``tf.data.Dataset`` ``x`` is used as given: already sharded
     (``shard_dataset``) and batched; the ranks agree on ``steps_per_epoch``.
     The compiled optimizer is converted with ``DistributedOptimizer`` unless
-    it already is. Resume restarts at the checkpoint's epoch. Under elastic
-    training (``hvdtrain run --elastic``) the data must be arrays, sharded anew
-    for every world; a lost worker costs at most the epoch in progress.
+    it already is; a Keras ``LearningRateSchedule`` on it is scaled by the
+    world size, and ``warmup_epochs``/``lr_schedule`` multiply it.
+
+    Resume continues where the checkpoint was written, mid-epoch too: the
+    rest of that epoch runs as a ``model.fit`` call of its own (arrays: the
+    epoch's remaining samples, re-sharded over this job's workers; a dataset:
+    its batches after those already done), then the later epochs in another.
+    Keras callbacks see two ``fit`` calls; the returned ``History`` joins them.
+    Under elastic training (``hvdtrain run --elastic``) the data must be
+    arrays, sharded anew for every world; the calls start again from the
+    last commit whenever a worker is lost or joins.
 
     Args:
         model: a compiled Keras model.
@@ -253,43 +326,53 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
     _prepare_model(model, backend, o)
     hvd_callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.Callback)]
     keras_callbacks = [c for c in callbacks if isinstance(c, keras.callbacks.Callback)]
-    train, steps, data = _training_input(model, x, y, backend, o.batch_size, shuffle, o.seed, steps_per_epoch)
+    train = _training_input(model, x, y, backend, o.batch_size, shuffle, o.seed, steps_per_epoch)
     val, val_samples = _validation_input(validation_data, backend, o.batch_size)
-    defaults = default_callbacks(o, has_val=validation_data is not None, weighted_metrics=data is not None)
-    bridge = KerasBridge([*defaults, *hvd_callbacks], backend=backend, data=data, validation_samples=val_samples)
-    if data is not None:
-        train = data.dataset(first_epoch=lambda: bridge.ctx.epoch)
+    defaults = default_callbacks(o, has_val=validation_data is not None, weighted_metrics=train.arrays is not None)
+    bridge = KerasBridge([*defaults, *hvd_callbacks], backend=backend, data=train.arrays,
+                         validation_samples=val_samples)
     if verbose is None:
         verbose = 0 if o.progress else "auto"
-    try:
-        if bridge.ctx.elastic:
-            return _fit_elastic(model, bridge, (x, y), validation_data, shuffle, o, [bridge, *keras_callbacks], verbose)
-        return model.fit(train, epochs=o.epochs, steps_per_epoch=steps, validation_data=val,
-                         shuffle=False, callbacks=[bridge, *keras_callbacks],
-                         verbose=verbose if backend.rank == 0 else 0)
-    except BaseException as error:
-        bridge.on_exception(error)
-        raise
+    keras_args = {"shuffle": False, "callbacks": [bridge, *keras_callbacks], "verbose": verbose}
+    with bridge.training(model, o.epochs, train.steps_per_epoch) as ctx:
+        if not ctx.elastic:
+            return _fit_calls(model, bridge, train, val, o.epochs, keras_args)
+
+        def this_world() -> tuple[_ArrayInput, Any]:
+            world_train = _training_input(model, x, y, backend, o.batch_size, shuffle, o.seed, None)
+            world_val, bridge.validation_samples = _validation_input(validation_data, backend, o.batch_size)
+            bridge.data = world_train.arrays
+            return world_train, world_val
+
+        return _fit_elastic(model, bridge, this_world, o, keras_args)
 
 
-def _fit_elastic(model: keras.Model, bridge: KerasBridge, xy: tuple[Any, Any], validation_data: Any, shuffle: bool,
-                 o: TrainingOptions, callbacks: list[Any], verbose: Any) -> keras.callbacks.History:
-    """``model.fit`` under the backend's elastic run: once per world, from the last commit, on this world's shards."""
-    ctx, backend = bridge.ctx, bridge.ctx.backend
-    state = bridge.begin_elastic(model, o.epochs)
+def _fit_calls(model: keras.Model, bridge: KerasBridge, train: _ArrayInput | _DatasetInput, val: Any, epochs: int,
+               keras_args: dict[str, Any]) -> keras.callbacks.History:
+    """``model.fit`` calls up to ``epochs`` or a stop: a resumed epoch's rest alone, then the later epochs."""
+    ctx, history = bridge.ctx, None
+    verbose = keras_args["verbose"] if ctx.rank == 0 else 0
+    while history is None or (ctx.epoch < epochs and not model.stop_training):
+        data, steps, first_epoch, last_epoch = _next_fit_call(train, bridge, epochs)
+        part = model.fit(data, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps,
+                         validation_data=val, **{**keras_args, "verbose": verbose})
+        history = _joined(history, part)
+    return history
+
+
+def _fit_elastic(model: keras.Model, bridge: KerasBridge, this_world: Callable[[], tuple[_ArrayInput, Any]],
+                 o: TrainingOptions, keras_args: dict[str, Any]) -> keras.callbacks.History:
+    """``_fit_calls`` under the backend's elastic run: from the last commit, on the current world's shards."""
+    ctx = bridge.ctx
     first_epoch: list[int] = []  # where training started, once the ranks first synced
 
-    def fit_this_world() -> keras.callbacks.History:
-        start = ctx.epoch
+    def from_last_commit() -> keras.callbacks.History:
         if not first_epoch:
-            first_epoch.append(start)
-        _, steps, bridge.data = _training_input(model, *xy, backend, o.batch_size, shuffle, o.seed, None)
-        val, bridge.validation_samples = _validation_input(validation_data, backend, o.batch_size)
-        return model.fit(bridge.data.dataset(first_epoch=lambda: start), epochs=o.epochs, initial_epoch=start,
-                         steps_per_epoch=steps, validation_data=val, shuffle=False, callbacks=callbacks,
-                         verbose=verbose if backend.rank == 0 else 0)
+            first_epoch.append(ctx.epoch)
+        return _fit_calls(model, bridge, *this_world(), o.epochs, keras_args)
 
-    return _history_since(backend.run_elastic(fit_this_world, state), ctx, first_epoch[0])
+    history = ctx.backend.run_elastic(from_last_commit, bridge.start_elastic(o.commit_every_n_steps))
+    return _history_since(history, ctx, first_epoch[0])
 
 
 def _history_since(history: keras.callbacks.History, ctx: TrainContext, first_epoch: int) -> keras.callbacks.History:
@@ -312,20 +395,81 @@ def _prepare_model(model: keras.Model, backend: Backend, o: TrainingOptions) -> 
         model.train_function = None  # a cached train step would bypass the allreduce
 
 
+class _ArrayInput:
+    """Arrays for ``model.fit``: ``ShardedArrays``, whose epochs resume at any sample."""
+
+    def __init__(self, arrays: ShardedArrays) -> None:
+        self.arrays = arrays
+        self.steps_per_epoch = arrays.steps_per_epoch
+
+    def epochs_from(self, epoch: int) -> tf.data.Dataset:
+        return self.arrays.dataset(epoch)
+
+    def rest_of_epoch(self, epoch: int, progress: Progress) -> tuple[tf.data.Dataset, int]:
+        """The batches of the epoch's permutation after its first ``samples_in_epoch`` samples, and their count."""
+        self.arrays.set_epoch(epoch, progress.samples_in_epoch)
+        return self.arrays.dataset(epoch, progress.samples_in_epoch, epochs=1), len(self.arrays)
+
+
+class _DatasetInput:
+    """A ``tf.data.Dataset`` of this rank's batches: ``steps_per_epoch`` batches per epoch, read as one stream.
+
+    A resumed epoch reads the dataset anew, after the batches already done: exact when every epoch is one
+    pass over the dataset (``steps_per_epoch`` batches) yielding the same order each time it is iterated.
+    """
+
+    arrays = None
+
+    def __init__(self, dataset: tf.data.Dataset, steps_per_epoch: int) -> None:
+        self.dataset = dataset
+        self.steps_per_epoch = steps_per_epoch
+
+    def epochs_from(self, epoch: int) -> tf.data.Dataset:
+        return self.dataset.repeat()
+
+    def rest_of_epoch(self, epoch: int, progress: Progress) -> tuple[tf.data.Dataset, int]:
+        left = max(self.steps_per_epoch - progress.batches_done, 0)
+        return self.dataset.skip(progress.batches_done).take(left), left
+
+
+def _next_fit_call(train: _ArrayInput | _DatasetInput, bridge: KerasBridge,
+                   epochs: int) -> tuple[tf.data.Dataset, int, int, int]:
+    """``(input, steps_per_epoch, initial_epoch, epochs)`` of the next ``model.fit`` call.
+
+    A resumed epoch's remaining batches go alone (their step count differs); then the epochs up to ``epochs``.
+    """
+    ctx = bridge.ctx
+    if ctx.progress.batches_done and ctx.epoch < epochs:
+        rest, steps = train.rest_of_epoch(ctx.epoch, ctx.progress)
+        if steps:
+            return rest, steps, ctx.epoch, ctx.epoch + 1
+        bridge.skip_epoch_end()
+    return train.epochs_from(ctx.epoch), train.steps_per_epoch, ctx.epoch, epochs
+
+
+def _joined(history: keras.callbacks.History | None, more: keras.callbacks.History) -> keras.callbacks.History:
+    """One ``History`` of consecutive ``model.fit`` calls."""
+    if history is None:
+        return more
+    history.epoch += more.epoch
+    for name, values in more.history.items():
+        history.history.setdefault(name, []).extend(values)
+    return history
+
+
 def _training_input(model: keras.Model, x: Any, y: Any, backend: Backend, batch_size: int, shuffle: bool,
-                    seed: int, steps_per_epoch: int | None) -> tuple[Any, int, ShardedArrays | None]:
-    """``(input, steps_per_epoch, ShardedArrays or None)``; arrays get their dataset later."""
+                    seed: int, steps_per_epoch: int | None) -> _ArrayInput | _DatasetInput:
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("with a tf.data.Dataset as x, the targets come from the dataset: pass y=None")
-        return x.repeat(), _agreed_steps(x, backend, steps_per_epoch), None
+        return _DatasetInput(x, _agreed_steps(x, backend, steps_per_epoch))
     if y is None:
         raise ValueError("pass targets y with array inputs (or a tf.data.Dataset of (x, y) as x)")
     x = tuple(x) if isinstance(x, list) else x
     data = ShardedArrays((x, y), batch_size, backend.rank, backend.size, shuffle=shuffle, seed=seed)
     if not model.built:
         model(take(data.arrays[0], np.arange(1)))
-    return None, data.steps_per_epoch, data
+    return _ArrayInput(data)
 
 
 def _agreed_steps(dataset: tf.data.Dataset, backend: Backend, steps: int | None) -> int:

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from hvdtrain.core.options import COMPRESSIONS
+from hvdtrain.tensorflow.schedule import ScaledSchedule, learning_rate_owner, scale_learning_rate
 
 _OPS = ("average", "sum")
 _CLASS_CACHE: dict[type, type] = {}
@@ -78,6 +79,7 @@ class _DistributedOptimizer:
     _hvd_backend: Any
     _hvd_passes: int
     _hvd_clip_norm: float | None = None
+    _hvd_scale_lr: bool = False
 
     @property
     def backward_passes_per_step(self) -> int:
@@ -134,6 +136,16 @@ class _DistributedOptimizer:
         local, bad_rank = self._hvd_loss_flags()
         local.assign(False)
         bad_rank.assign(-1)
+
+    def follow_world_size(self) -> None:
+        """Elastic training changed the world: a schedule scaled by the world size takes the new one.
+
+        Its factor is no state (not committed nor synced), so it is set, not rescaled; a float rate is
+        part of the committed state, rescaled with it. Trace the steps that apply updates anew.
+        """
+        rate = learning_rate_owner(self)._learning_rate
+        if self._hvd_scale_lr and isinstance(rate, ScaledSchedule):
+            rate.factor = float(self._hvd_backend.size)
 
     def _hvd_loss_flags(self) -> tuple[tf.Variable, tf.Variable]:
         # Plain tf.Variables, not Keras ones: transient, so not checkpointed or broadcast.
@@ -258,7 +270,8 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any 
         op: "average" or "sum".
         scale_lr: multiply the learning rate by the world size (the linear
             scaling rule; pair it with LR warmup). A ``LearningRateSchedule``
-            is wrapped in ``ScaledSchedule``.
+            is wrapped in a ``ScaledSchedule`` (also without scaling), which
+            hvdtrain's warmup and ``lr_schedule`` multiply.
         gradient_predivide_factor: divide before the sum, multiply after (fp16 range).
         clip_norm: clip the combined gradients to this global norm before applying them.
 
@@ -284,13 +297,13 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any 
         from hvdtrain.tensorflow.backend import HorovodBackend
 
         backend = HorovodBackend()
-    if scale_lr and backend.size > 1:
-        scale_learning_rate(optimizer, backend.size)
+    scale_learning_rate(optimizer, backend.size if scale_lr else 1)
     optimizer.__class__ = _distributed_class(type(optimizer))
     optimizer._hvd_reducer = reducer
     optimizer._hvd_backend = backend
     optimizer._hvd_passes = backward_passes_per_step
     optimizer._hvd_clip_norm = _clip_here(optimizer, clip_norm)
+    optimizer._hvd_scale_lr = scale_lr
     if optimizer.built:
         optimizer._hvd_add_accumulators(list(optimizer._trainable_variables))
     return optimizer
@@ -307,40 +320,3 @@ def _distributed_class(cls: type) -> type:
         _CLASS_CACHE[cls] = type(cls.__name__, (_DistributedOptimizer, cls),
                                  {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
     return _CLASS_CACHE[cls]
-
-
-def scale_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -> None:
-    """Multiply the optimizer's learning rate (a variable or a schedule) by ``factor``."""
-    rate = optimizer.learning_rate
-    if isinstance(rate, keras.Variable):
-        rate.assign(rate * factor)
-        return
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        raise ValueError("cannot scale a learning rate given as a plain callable; pass a float or a "
-                         "keras.optimizers.schedules.LearningRateSchedule, or use scale_lr=False")
-    optimizer.learning_rate = ScaledSchedule(schedule, factor)
-
-
-@keras.saving.register_keras_serializable(package="hvdtrain")
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning-rate schedule multiplied by a constant (the world size, for ``scale_lr``).
-
-    Args:
-        schedule: the schedule to scale.
-        factor: the multiplier.
-    """
-
-    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, factor: float) -> None:
-        self.schedule = schedule
-        self.factor = float(factor)
-
-    def __call__(self, step: Any) -> Any:
-        return self.schedule(step) * self.factor
-
-    def get_config(self) -> dict[str, Any]:
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "factor": self.factor}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ScaledSchedule:
-        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["factor"])

@@ -27,6 +27,7 @@ from hvdtrain.tensorflow.data import (
 )
 from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
+from hvdtrain.tensorflow.schedule import drive_keras_schedule, learning_rate_owner
 from hvdtrain.tensorflow.step import LossFn, TrainerSteps
 
 
@@ -81,7 +82,9 @@ class Trainer(EpochLoop):
     Args:
         model: a built Keras model (give it a ``keras.Input``); every rank builds it the same way.
         optimizer: a Keras optimizer (converted with ``DistributedOptimizer`` for you) or an
-            already distributed one.
+            already distributed one. Its learning rate may be a Keras ``LearningRateSchedule`` of
+            single-worker rates: scaled by the world size, with ``warmup_epochs``/``lr_schedule``
+            multiplied on top; its position, ``optimizer.iterations``, is checkpointed.
         loss_fn: ``loss_fn(y_true, y_pred)`` returning the batch mean (e.g. a ``keras.losses.Loss``).
         train_data: ``(x, y)``: NumPy arrays or tensors (``x`` may be a tuple or dict of them), or a
             ``tf.data.Dataset`` of this rank's ``(x, y)`` batches.
@@ -121,6 +124,7 @@ class Trainer(EpochLoop):
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
             self.callbacks.add(callback)
+        drive_keras_schedule(self.optimizer, self.callbacks)
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
                                 max_epochs=o.epochs)
 
@@ -135,6 +139,7 @@ class Trainer(EpochLoop):
 
     def _after_elastic_load(self, old_size: int) -> None:
         self.optimizer.forget_noted_losses()
+        self.optimizer.follow_world_size()
         self.train, _ = _training_input(self.train.arrays, self.backend, self.options, None)
         # The compiled steps read the rank and world size when traced: trace them anew.
         self.steps = TrainerSteps(self.model, self.optimizer, self.steps.loss_fn, self.metrics, self.signature)
@@ -240,6 +245,10 @@ def distributed_optimizer(optimizer: keras.optimizers.Optimizer, backend: Any,
     if is_distributed(optimizer):
         return optimizer
     if o.lr is not None:
+        if not isinstance(learning_rate_owner(optimizer)._learning_rate, keras.Variable):
+            raise ValueError(f"lr={o.lr} sets a float learning rate, but {type(optimizer).__name__}'s is a "
+                             "schedule: leave lr out (the schedule gives the single-worker rates), or build the "
+                             "optimizer with a float learning_rate")
         optimizer.learning_rate = o.lr
     return DistributedOptimizer(optimizer, backend=backend, compression=o.compression, op=o.op,
                                 scale_lr=o.scale_lr, backward_passes_per_step=o.backward_passes_per_step,

@@ -3,11 +3,18 @@ from hvdtrain.core.options import TrainingOptions
 from hvdtrain.torch.adapter import TorchAdapter, broadcast_state
 from hvdtrain.torch.backend import HorovodBackend, SerialBackend, init
 from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches
-from hvdtrain.torch.optimizer import DistributedOptimizer, clip_grad_norm, is_distributed, skip_synchronize
+from hvdtrain.torch.optimizer import (
+    DistributedOptimizer,
+    NamedOptimizers,
+    clip_grad_norm,
+    is_distributed,
+    skip_synchronize,
+)
 from hvdtrain.torch.trainer import Trainer, accuracy
+from hvdtrain.torch.updates import ManualOptimization
 
 __all__ = [
-    "DistributedBatchSampler", "DistributedOptimizer", "HorovodBackend", "SerialBackend", "TensorBatches",
-    "TorchAdapter", "Trainer", "TrainingOptions", "accuracy", "broadcast_state", "clip_grad_norm", "init",
-    "is_distributed", "skip_synchronize",
+    "DistributedBatchSampler", "DistributedOptimizer", "HorovodBackend", "ManualOptimization", "NamedOptimizers",
+    "SerialBackend", "TensorBatches", "TorchAdapter", "Trainer", "TrainingOptions", "accuracy", "broadcast_state",
+    "clip_grad_norm", "init", "is_distributed", "skip_synchronize",
 ]

@@ -65,6 +65,9 @@ class TorchAdapter:
         for group, rate in zip(optimizer.param_groups, rates):
             group["lr"] = rate
 
+    def rescale_learning_rates(self, optimizer: Any, factor: float) -> None:
+        self.set_learning_rates(optimizer, [rate * factor for rate in self.get_learning_rates(optimizer)])
+
     def rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         if torch.cuda.is_available():

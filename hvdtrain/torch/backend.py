@@ -16,6 +16,7 @@ from horovod.common.elastic import State as HorovodState
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
 from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
+from hvdtrain.torch.optimizer import by_name, parameters_of
 
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
 _OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
@@ -34,18 +35,23 @@ class HorovodBackend(HorovodBackendBase):
     def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, *,
                               compression: str, op: str, backward_passes_per_step: int,
                               gradient_predivide_factor: float) -> torch.optim.Optimizer:
-        """``optimizer`` wrapped by Horovod: gradients are allreduced as backward produces them."""
-        named = list(model.named_parameters()) if model is not None else None
+        """``optimizer`` wrapped by Horovod: gradients are allreduced as backward produces them.
+
+        Horovod is given the names of this optimizer's parameters only (several optimizers may share
+        a model).
+        """
+        own = {id(p) for p in parameters_of(optimizer)}
+        named = [(n, p) for n, p in model.named_parameters() if id(p) in own] if model is not None else None
         return hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=_COMPRESSION[compression],
                                         backward_passes_per_step=backward_passes_per_step, op=_OPS[op],
                                         gradient_predivide_factor=gradient_predivide_factor)
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
-        """Make every rank's parameters, buffers and optimizer state equal to ``root``'s."""
+        """Make every rank's parameters, buffers and optimizer state (each optimizer's) equal to ``root``'s."""
         with self.watch("the initial broadcast of the model and optimizer"):
             hvd.broadcast_parameters(model.state_dict(), root_rank=root)
-            if optimizer is not None:
-                hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+            for each in by_name(optimizer).values():
+                hvd.broadcast_optimizer_state(each, root_rank=root)
 
     def start_max(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""

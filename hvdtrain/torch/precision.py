@@ -15,8 +15,9 @@ class MixedPrecision:
 
     The float16 step runs in the order a Horovod optimizer needs: scaled backward,
     ``optimizer.synchronize()`` (the allreduce of the scaled gradients), ``unscale_``, clip,
-    ``scaler.step`` without a second synchronization, ``scaler.update``. Every rank unscales the same
-    averaged gradients, so an overflowing step is skipped, and the scale lowered, on every rank alike.
+    ``scaler.step`` without a second synchronization, and once the training step's optimizers all
+    stepped (one scaler for all of them), ``scaler.update``. Every rank unscales the same averaged
+    gradients, so an overflowing step is skipped, and the scale lowered, on every rank alike.
 
     Args:
         precision: "32", "bf16-mixed" or "16-mixed".
@@ -30,6 +31,7 @@ class MixedPrecision:
         self.device_type = device.type
         self.dtype = _DTYPES[precision]
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+        self._stepped = False  # an optimizer stepped since the last scale update
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -40,8 +42,11 @@ class MixedPrecision:
         with torch.autocast(self.device_type, dtype=self.dtype):
             yield
 
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+    def backward(self, loss: torch.Tensor, inputs: list[torch.Tensor] | None = None) -> None:
+        """Backward of the (scaled) loss, outside autocast; gradients go to ``inputs`` only if given."""
+        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+        with torch.autocast(self.device_type, enabled=False) if self.dtype else contextlib.nullcontext():
+            scaled.backward(inputs=inputs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Make the (already synchronized) gradients true gradients again, before clipping."""
@@ -53,9 +58,19 @@ class MixedPrecision:
         with optimizer.skip_synchronize():
             if self.scaler is None:
                 optimizer.step()
-                return
-            self.scaler.step(optimizer)
-        self.scaler.update()
+            else:
+                self.scaler.step(optimizer)
+                self._stepped = True
+        if self.dtype is not None:
+            # A step inside training_step(batch, opt) runs within autocast, which keeps low-precision
+            # copies of the weights until it exits: drop them, the weights changed.
+            torch.clear_autocast_cache()
+
+    def update(self) -> None:
+        """After a training step's optimizers stepped: lower or raise the loss scale, once."""
+        if self._stepped:
+            self.scaler.update()
+            self._stepped = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}

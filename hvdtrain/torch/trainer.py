@@ -1,6 +1,7 @@
 """A Trainer for the common case: sharded data, distributed optimizer, callbacks."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -16,9 +17,10 @@ from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.torch.adapter import TorchAdapter, state_specs
 from hvdtrain.torch.backend import default_device
 from hvdtrain.torch.inputs import ShardedInput, StreamingInput, batch_len, make_input, to_device
-from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
+from hvdtrain.torch.optimizer import DistributedOptimizer, NamedOptimizers, by_name, is_distributed
 from hvdtrain.torch.precision import MixedPrecision
 from hvdtrain.torch.schedule import SchedulerDriver
+from hvdtrain.torch.updates import ManualOptimization, OptimizerUpdate
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,7 +41,7 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (predicted == targets.reshape(-1)).float().mean()
 
 
-Step = Callable[[Any], "torch.Tensor | Mapping[str, Any]"]
+Step = Callable[..., "torch.Tensor | Mapping[str, Any]"]
 
 
 class Trainer(EpochLoop):
@@ -51,21 +53,30 @@ class Trainer(EpochLoop):
     other values to log. Gradient averaging, accumulation, clipping, mixed precision and the
     non-finite-loss check run around it.
 
+    Several optimizers (a GAN's generator and discriminator) are given as ``{name: optimizer}`` and
+    driven by a ``training_step(batch, opt)``: ``opt.backward(loss, name)`` then ``opt.step(name)``
+    for each (``ManualOptimization``), with the same averaging, accumulation, clipping, loss scaling
+    and non-finite check per optimizer. ``self.optimizer`` and ``ctx.optimizer`` are then a
+    ``NamedOptimizers``, whose param groups and state cover them all. See docs/custom_steps.md.
+
     Args:
-        model: the network; every rank builds it the same way.
+        model: the network; every rank builds it the same way (several networks: one ``nn.ModuleDict``).
         optimizer: a plain torch optimizer (wrapped for you) or one already
-            wrapped with ``hvdtrain.torch.DistributedOptimizer``.
+            wrapped with ``hvdtrain.torch.DistributedOptimizer``; or several as ``{name: optimizer}``,
+            each over its own parameters (then ``training_step`` takes ``(batch, opt)``).
         loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss (the default step's).
         train_data: tensors, a ``TensorDataset``, a map-style Dataset (sharded for you), a
             ``DataLoader`` (re-sharded through its sampler when it has a standard one, else used as
             this rank's shard) or an ``IterableDataset`` (this rank's shard; ranks may yield different
             numbers of batches: every epoch ends at the same step on all ranks).
         val_data: optional validation data (same kinds); evaluated every epoch.
-        training_step: ``fn(batch) -> loss | {"loss": ..., name: value}`` replacing the default step.
+        training_step: ``fn(batch) -> loss | {"loss": ..., name: value}`` replacing the default step,
+            or ``fn(batch, opt)`` that runs backward and step itself through ``opt``.
         validation_step: ``fn(batch) -> {name: batch mean}``, logged with a ``val_`` prefix.
         lr_scheduler: a ``torch.optim.lr_scheduler`` built on ``optimizer`` with single-worker LRs;
             stepped every optimizer step or epoch (``lr_scheduler_interval``), with the world-size
-            scaling and ``warmup_epochs``/``lr_schedule`` multiplied on top; checkpointed.
+            scaling and ``warmup_epochs``/``lr_schedule`` multiplied on top; checkpointed. One
+            optimizer only.
         metrics: ``{name: fn(outputs, targets) -> batch mean}``; ``val_`` versions are logged too.
         callbacks: user callbacks, merged with the defaults by ``order``.
         backend: defaults to the Horovod backend (call ``hvdtrain.torch.init()`` first);
@@ -78,7 +89,8 @@ class Trainer(EpochLoop):
     """
 
     @accepts_options
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, train_data: Any = None,
                  val_data: Any = None, *, training_step: Step | None = None, validation_step: Step | None = None,
                  lr_scheduler: Any = None, metrics: dict[str, Metric] | None = None,
@@ -103,7 +115,7 @@ class Trainer(EpochLoop):
         # Checkpointed and broadcast beside the model and optimizer: the loss scale, the LR scheduler.
         extra = {"precision": self.precision if self.precision.scaler else None, "lr_scheduler": self.lr_scheduler}
         self.adapter = TorchAdapter(backend, {name: obj for name, obj in extra.items() if obj is not None})
-        self.accumulation = getattr(self.optimizer, "backward_passes_per_step", 1)
+        self.accumulation = self._accumulation()
         self.loss_fn = loss_fn
         self.metrics = dict(metrics or {})
         self.num_workers = num_workers
@@ -111,6 +123,13 @@ class Trainer(EpochLoop):
             self.training_step = training_step
         if validation_step is not None:
             self.validation_step = validation_step
+        self.manual = _takes_two_arguments(self.training_step)
+        if isinstance(self.optimizer, NamedOptimizers) and not self.manual:
+            raise TypeError("with several optimizers, training_step takes (batch, opt) and calls "
+                            "opt.backward(loss, name) and opt.step(name) for each")
+        self.opt = ManualOptimization({name: OptimizerUpdate(name, each, backend, self.precision, o.grad_clip_norm,
+                                                             self.device)
+                                       for name, each in by_name(self.optimizer).items()}, self.precision)
         self.train_data = train_data
         self.train_input = self._input(train_data, shuffle=True)
         self.val_data = val_data
@@ -118,13 +137,15 @@ class Trainer(EpochLoop):
         for callback in callbacks:
             self.callbacks.add(callback)
         self._drive_learning_rates()
-        self._nonfinite_rank = torch.zeros((), device=self.device)
-        self._this_rank_flag = torch.full((), float(backend.rank + 1), device=self.device)
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
                                 max_epochs=o.epochs)
 
-    def _distributed(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
-                     o: TrainingOptions) -> torch.optim.Optimizer:
+    def _distributed(self, optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
+                     model: torch.nn.Module, o: TrainingOptions) -> torch.optim.Optimizer | NamedOptimizers:
+        """The optimizer wrapped for Horovod; several by name each over its own parameters."""
+        if isinstance(optimizer, Mapping):
+            NamedOptimizers(optimizer, model)  # a parameter in two optimizers fails before any is wrapped
+            return NamedOptimizers({name: self._distributed(each, model, o) for name, each in optimizer.items()})
         if is_distributed(optimizer):
             return optimizer
         if o.lr is not None:
@@ -133,9 +154,19 @@ class Trainer(EpochLoop):
         return DistributedOptimizer(optimizer, model, backend=self.backend, compression=o.compression, op=o.op,
                                     backward_passes_per_step=o.backward_passes_per_step, scale_lr=o.scale_lr)
 
+    def _accumulation(self) -> int:
+        passes = {getattr(each, "backward_passes_per_step", 1) for each in by_name(self.optimizer).values()}
+        if len(passes) > 1:
+            raise ValueError(f"the optimizers accumulate different numbers of batches ({sorted(passes)}); "
+                             "give them one backward_passes_per_step")
+        return passes.pop()
+
     def _driver(self, scheduler: Any, o: TrainingOptions) -> SchedulerDriver | None:
         if scheduler is None:
             return None
+        if isinstance(self.optimizer, NamedOptimizers):
+            raise TypeError("lr_scheduler= drives a single optimizer; with several, use lr_schedule= and "
+                            "warmup_epochs= (they set every optimizer's LRs)")
         return SchedulerDriver(scheduler, self.optimizer, o.lr_scheduler_interval, self._lr_scale(o))
 
     def _lr_scale(self, o: TrainingOptions) -> int:
@@ -166,8 +197,7 @@ class Trainer(EpochLoop):
 
     def _after_elastic_load(self, old_size: int) -> None:
         self.optimizer.zero_grad()
-        self._nonfinite_rank.zero_()
-        self._this_rank_flag.fill_(self.backend.rank + 1)
+        self.opt.reset()
         self.train_input = self._input(self.train_data, shuffle=True)
         if self.lr_scheduler:
             self.lr_scheduler.scale = self._lr_scale(self.options)
@@ -175,7 +205,11 @@ class Trainer(EpochLoop):
     # The steps users may replace.
 
     def training_step(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
-        """The loss of one batch (and values to log): by default ``loss_fn(model(x), y)`` and the metrics."""
+        """The loss of one batch (and values to log): by default ``loss_fn(model(x), y)`` and the metrics.
+
+        A ``training_step(batch, opt)`` taking a second argument runs its optimizers itself through
+        ``opt`` (a ``ManualOptimization``), e.g. a GAN's discriminator and generator steps.
+        """
         return self._default_step(batch, "training_step")
 
     def validation_step(self, batch: Any) -> torch.Tensor | Mapping[str, Any]:
@@ -244,7 +278,7 @@ class Trainer(EpochLoop):
 
     def _train_step(self, ctx: TrainContext, batch: Any, local: int, global_size: int | None,
                     has_next: bool) -> tuple[StepOutcome, dict[str, torch.Tensor], int, bool]:
-        """Forward, backward and (on an update step) the optimizer step of one batch.
+        """Forward, backward and (on an update step) the optimizer steps of one batch.
 
         Returns:
             The outcome, the logged values, the global batch size, and whether the epoch ends here
@@ -252,52 +286,28 @@ class Trainer(EpochLoop):
         """
         update = self._is_update_step(ctx)
         # Streamed: "no next batch" and the sample count are reduced while forward and backward run.
-        stream = (self.backend.start_sum(torch.tensor([float(not has_next), local], dtype=torch.float64),
-                                         "hvdtrain.stream") if global_size is None else None)
+        stream = _StreamEnd(self.backend, has_next, local) if global_size is None else None
         weight = self._gradient_weight(ctx, local, global_size or local * ctx.size)
-        with self.precision.autocast():
-            logs = self._as_logs(self.training_step(batch), "training_step")
-        loss = logs["loss"]
-        flag = self._start_nonfinite(loss) if update else None
-        self.precision.backward(loss * weight if weight != 1.0 else loss)
-        last = False
-        if stream is not None:
-            ended, global_size = self.backend.wait(stream).tolist()
-            last = ended > 0
-            if last and not update:  # the epoch ends mid accumulation round: apply what was accumulated
-                update, flag = True, self.backend.start_max(self._nonfinite_rank.reshape(1), "hvdtrain.nonfinite")
-        bad_rank = self._step(flag) if update else None
+        self.opt.start_batch(weight, update, stream.ends_epoch if stream else lambda: False, ctx.global_step + 1)
+        logs = self._run_training_step(batch)
+        checked, bad_rank = self.opt.finish_batch()
+        last, global_size = stream.result() if stream else (False, global_size)
+        update = update or last  # the epoch ends mid accumulation round: what was accumulated was applied
         if update and self.lr_scheduler and self.lr_scheduler.interval == "step":
             self.lr_scheduler.step()
-        outcome = StepOutcome(loss.detach(), update, nonfinite_checked=update, nonfinite_rank=bad_rank)
+        outcome = StepOutcome(logs["loss"].detach(), update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
         return outcome, logs, int(global_size), last
 
-    def _start_nonfinite(self, loss: torch.Tensor) -> Any:
-        """Flag a non-finite loss and start its agreement: enqueued before backward, it never costs a
-        Horovod cycle of its own."""
-        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank, self._this_rank_flag)
-        return self.backend.start_max(self._nonfinite_rank.reshape(1), "hvdtrain.nonfinite")
-
-    def _step(self, flag: Any) -> int | None:
-        """Apply the averaged gradients unless some rank's loss was not finite.
-
-        Args:
-            flag: the pending max-allreduce of each rank's "1 + rank if not finite" flag.
-
-        Returns:
-            The highest rank whose loss was not finite, agreed by all ranks, or None.
-        """
-        with self.backend.watch(f"the gradient allreduce of step {self.ctx.global_step + 1}"):
-            self.optimizer.synchronize()
-            bad_rank = int(self.backend.wait(flag).item()) - 1
-        self._nonfinite_rank.zero_()
-        if bad_rank < 0:
-            self.precision.unscale(self.optimizer)
-            if self.options.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
-            self.precision.step(self.optimizer)
-        self.optimizer.zero_grad()
-        return bad_rank if bad_rank >= 0 else None
+    def _run_training_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The user's step; in automatic mode the Trainer runs backward and step for it."""
+        if self.manual:
+            with self.precision.autocast():
+                return self._as_logs(self.training_step(batch, self.opt), "training_step")
+        with self.precision.autocast():
+            logs = self._as_logs(self.training_step(batch), "training_step")
+        self.opt.backward(logs["loss"])
+        self.opt.step()
+        return logs
 
     # Evaluation and prediction.
 
@@ -347,6 +357,36 @@ class Trainer(EpochLoop):
         if not all_ranks and self.backend.rank != 0:
             return None
         return _in_sample_order(gathered)
+
+
+def _takes_two_arguments(step: Callable[..., Any]) -> bool:
+    """Whether a training step takes ``(batch, opt)``: it then steps its optimizers itself."""
+    try:
+        parameters = inspect.signature(step).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: the one-argument step
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters) >= 2
+
+
+class _StreamEnd:
+    """Streamed input: whether some rank has no next batch, and the batch's global size, summed over the
+    ranks while the step runs and waited for when first needed."""
+
+    def __init__(self, backend: Any, has_next: bool, local: int) -> None:
+        self.backend = backend
+        self._handle = backend.start_sum(torch.tensor([float(not has_next), local], dtype=torch.float64),
+                                         "hvdtrain.stream")
+        self._result: tuple[bool, int] | None = None
+
+    def result(self) -> tuple[bool, int]:
+        if self._result is None:
+            ended, size = self.backend.wait(self._handle).tolist()
+            self._result = (ended > 0, int(size))
+        return self._result
+
+    def ends_epoch(self) -> bool:
+        return self.result()[0]
 
 
 def _in_sample_order(gathered: list[tuple[np.ndarray | None, torch.Tensor | None]]) -> torch.Tensor:

@@ -53,3 +53,6 @@ def worker_lines(output: str) -> list[str]:
 def explain(proc: subprocess.CompletedProcess) -> str:
     """Exit status and output tails for an assertion message."""
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+
+# What `hvdtrain run` adds unless told otherwise: Horovod's stall inspector ends a job stalled 900 s.
+STALL_SHUTDOWN = ["--stall-check-shutdown-time-seconds", "900"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hvdtrain.cli import main
+from tests.launcher.helpers import STALL_SHUTDOWN
 
 
 @pytest.fixture
@@ -76,8 +77,8 @@ def test_config_then_command_line(project, capsys):
     argv = dry_run_argv(capsys, "--config", "run.yaml", "-np", "2", "-x", "B=2", "train.py", "--lr", "0.1")
     assert argv[0] == "A=1" and argv[1] == "B=2"
     assert argv[2].endswith("horovodrun")
-    assert argv[3:9] == ["-np", "2", "--gloo", "--fusion-threshold-mb", "16", sys.executable]
-    assert argv[9:] == ["train.py", "--lr", "0.1"]
+    assert argv[3:11] == ["-np", "2", "--gloo", "--fusion-threshold-mb", "16", *STALL_SHUTDOWN, sys.executable]
+    assert argv[11:] == ["train.py", "--lr", "0.1"]
 
 
 def test_options_after_the_script_belong_to_the_script(project, capsys):

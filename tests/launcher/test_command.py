@@ -12,6 +12,7 @@ from hvdtrain.launcher.command import Machine, build_plan, detect_machine, find_
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host
+from tests.launcher.helpers import STALL_SHUTDOWN
 
 PY, HVDRUN, MPIRUN = "/venv/bin/python", "/venv/bin/horovodrun", "/usr/bin/mpirun"
 ROOT_BOX = Machine(python=PY, horovodrun=HVDRUN, mpirun=MPIRUN, cpu_count=2, is_root=True,
@@ -33,14 +34,14 @@ def test_default_on_this_kind_of_machine_is_mpirun_with_safe_fast_flags(script):
     assert (result.launcher, result.controller, result.yield_when_idle) == ("mpirun", "mpi", True)
     assert result.argv == [MPIRUN, "-np", "2", "-H", "localhost:2", "--bind-to", "none", "--map-by", "slot",
                            "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1", "-x", "PATH",
-                           PY, "train.py", "--epochs", "3"]
+                           "-x", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=900", PY, "train.py", "--epochs", "3"]
     assert result.env == {}
 
 
 def test_without_mpirun_the_default_is_horovodrun_gloo(script):
     machine = Machine(python=PY, horovodrun=HVDRUN, mpirun=None, cpu_count=2, is_root=False, environ={})
     result = plan(script, machine, np=2)
-    assert result.argv == [HVDRUN, "-np", "2", "--gloo", PY, "train.py", "--epochs", "3"]
+    assert result.argv == [HVDRUN, "-np", "2", "--gloo", *STALL_SHUTDOWN, PY, "train.py", "--epochs", "3"]
 
 
 def test_not_root_with_gpus_and_spare_cores_drops_root_and_yield_flags(script):
@@ -85,7 +86,8 @@ def test_horovod_tuning_as_environment_for_mpirun(script):
 def test_horovodrun_with_mpi_controller_gets_yield_through_mpi_args(script):
     argv = plan(script, args=(), np=2, launcher="horovodrun", controller="mpi", mpi_args=["--mca", "btl", "^openib"]
                 ).argv
-    assert argv == [HVDRUN, "-np", "2", "--mpi", "--mpi-args=--mca mpi_yield_when_idle 1 --mca btl '^openib'",
+    assert argv == [HVDRUN, "-np", "2", "--mpi", *STALL_SHUTDOWN,
+                    "--mpi-args=--mca mpi_yield_when_idle 1 --mca btl '^openib'",
                     PY, "train.py"]
 
 
@@ -97,7 +99,8 @@ def test_mpirun_exports_needed_variables_and_user_env(script):
     argv = plan(script, machine, args=(), np=2, cycle_time_ms=1, env=["NCCL_DEBUG=INFO", "HOME"]).argv
     exported = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-x"]
     assert exported == ["HVDTRAIN_SEED", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "PATH", "PYTHONPATH",
-                        "NCCL_DEBUG=INFO", "HOME", "HOROVOD_CYCLE_TIME=1"]
+                        "NCCL_DEBUG=INFO", "HOME", "HOROVOD_CYCLE_TIME=1",
+                        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=900"]
 
 
 def test_hosts_network_and_ssh_for_mpirun(script, tmp_path):

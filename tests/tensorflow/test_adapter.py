@@ -72,8 +72,12 @@ def test_learning_rates_of_a_variable_and_of_a_schedule():
     assert adapter.get_learning_rates(optimizer) == [pytest.approx(0.025)]
     scheduled = keras.optimizers.SGD(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5))
     assert adapter.get_learning_rates(scheduled) == [pytest.approx(0.1)]
-    with pytest.raises(TypeError, match="hvdtrain's learning-rate callbacks cannot set"):
+    with pytest.raises(TypeError, match=r"is a schedule \(ExponentialDecay\), which cannot be set to a value"):
         adapter.set_learning_rates(scheduled, [0.05])
+    adapter.rescale_learning_rates(optimizer, 2.0)
+    assert adapter.get_learning_rates(optimizer) == [pytest.approx(0.05)]
+    adapter.rescale_learning_rates(scheduled, 2.0)  # DistributedOptimizer scales a schedule by this job's size
+    assert adapter.get_learning_rates(scheduled) == [pytest.approx(0.1)]
 
 
 def test_rng_state_round_trip_covers_python_numpy_tf_and_keras_generators():
@@ -116,12 +120,26 @@ def iter_epoch(shard, epoch):
 def test_fit_dataset_runs_epochs_back_to_back_from_the_chosen_epoch():
     x = np.arange(10, dtype=np.float32)[:, None]
     data = ShardedArrays((x, np.arange(10)), 4, 0, 1, seed=1)
-    start = {"epoch": 1}
-    batches = list(data.dataset(lambda: start["epoch"]).take(2 * data.steps_per_epoch))
+    batches = list(data.dataset(1).take(2 * data.steps_per_epoch))
     expected = iter_epoch(data, 1) + iter_epoch(data, 2)
     for (bx, by), ((ex, ey), _) in zip(batches, expected):
         np.testing.assert_array_equal(bx.numpy(), ex)
         np.testing.assert_array_equal(by.numpy(), ey)
+
+
+def test_fit_dataset_of_a_resumed_epoch_holds_the_rest_of_its_permutation_resharded():
+    x = np.arange(23, dtype=np.float32)[:, None]
+    shards = [ShardedArrays((x, np.arange(23)), 3, rank, 2, seed=4) for rank in range(2)]
+    seen = []
+    for shard in shards:
+        shard.set_epoch(1, 6)  # 6 samples done, e.g. by 3 workers' first global batch of 2 each
+        rest = [by.numpy().tolist() for _, by in shard.dataset(1, samples_seen=6, epochs=1)]
+        assert len(rest) == len(shard) == 3  # 17 samples left: global batches of 6, 6 and 5
+        assert rest == [by.tolist() for (_, by), _ in shard]
+        assert [len(b) for b in rest] == [local for local, _ in shard.step_sizes]
+        seen += [sample for batch in rest for sample in batch]
+    shards[0].order.set_epoch(1)
+    assert sorted(seen) == sorted(shards[0].order.permutation()[6:].tolist())
 
 
 def test_contiguous_validation_shards_cover_the_data_once():

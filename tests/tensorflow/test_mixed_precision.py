@@ -49,3 +49,18 @@ def test_a_model_built_in_float32_is_refused_with_the_fix(backend):
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match=r"computes in float32: call hvdtrain.tensorflow.set_precision\('16-mixed'\)"):
         htf.Trainer(model, keras.optimizers.SGD(0.1), LOSS, data(), precision="16-mixed")
+
+
+def test_a_keras_schedule_inside_the_loss_scale_optimizer_gets_the_warmup_on_top(backend, precision_policy):
+    from hvdtrain.callbacks import LearningRateWarmup
+    from tests.tensorflow.test_fit_resume_and_schedules import LrRecorder
+
+    model = build("16-mixed", precision_policy)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([6], [0.1, 0.01])
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss=LOSS)
+    recorder = LrRecorder()
+    htf.fit(model, *data(), epochs=2, batch_size=16, precision="16-mixed", progress=False, verbose=0,
+            callbacks=[LearningRateWarmup(1, start_factor=0.5), recorder])
+    assert isinstance(model.optimizer.inner_optimizer._learning_rate, htf.ScaledSchedule)
+    warmup = [0.5 + 0.5 * step / 6 for step in range(6)] + [1.0] * 6  # 96 samples, 16 per step
+    assert recorder.lrs == pytest.approx([(0.1 if step <= 6 else 0.01) * w for step, w in enumerate(warmup)])

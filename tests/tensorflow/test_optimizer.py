@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import hvdtrain.tensorflow as htf
-from hvdtrain.tensorflow.optimizer import GradientReducer, scale_learning_rate
+from hvdtrain.tensorflow.optimizer import GradientReducer
+from hvdtrain.tensorflow.schedule import scale_learning_rate
 
 
 def linear_model(units: int = 1) -> keras.Model:

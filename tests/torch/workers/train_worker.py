@@ -66,7 +66,7 @@ def train(args, backend) -> None:
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
                          resume=args.resume, monitor="plateau" if args.patience else "val_loss",
                          early_stopping_patience=args.patience, progress=False, precision=args.precision,
-                         device=args.device)
+                         device=args.device, commit_every_n_steps=args.commit_every)
     if args.init_scale:
         trainer.precision.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=args.init_scale)
     if args.no_metric_average:
@@ -77,7 +77,8 @@ def train(args, backend) -> None:
     report({**predicted,
         "rank": backend.rank, "size": backend.size, "digest": digest, "head": head,
         "global_step": trainer.ctx.global_step, "epoch": trainer.ctx.epoch, "history": history,
-        "lrs": recorder.lrs, "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
+        "lrs": recorder.lrs, "steps": recorder.steps, "world_changes": recorder.world_changes,
+        "epoch_logs": recorder.epoch_logs, "stop_reason": trainer.ctx.stop_reason,
         "resumed_from": trainer.ctx.resumed_from, "final_lr": trainer.optimizer.param_groups[0]["lr"],
         "scale": trainer.precision.scaler.get_scale() if trainer.precision.scaler else None,
         "devices": sorted({str(p.device) for p in model.parameters()}),

@@ -1,0 +1,204 @@
+"""Applying gradients: one distributed optimizer's backward, agreed non-finite check and step, and the
+handle through which a ``training_step(batch, opt)`` drives several optimizers (GANs)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hvdtrain.torch.optimizer import parameters_of
+from hvdtrain.torch.precision import MixedPrecision
+
+
+class OptimizerUpdate:
+    """One distributed optimizer's part of a training step.
+
+    ``backward`` flags a non-finite loss on this rank and, on an update step, starts agreeing on the
+    flag before the gradients' allreduce (so it rides in the same Horovod cycle); ``apply`` runs
+    Horovod's order: synchronize, unscale, clip this optimizer's parameters, step without a second
+    allreduce, zero_grad; the step is skipped on every rank when any rank's loss was not finite.
+
+    Args:
+        name: the optimizer's name (its flag's collective is named after it).
+        optimizer: a distributed optimizer.
+        backend: the job's backend.
+        precision: the Trainer's mixed precision (one loss scaler for every optimizer).
+        clip_norm: clip the averaged gradients to this norm; None does not clip.
+        device: where the flags live (the model's device).
+    """
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, backend: Any, precision: MixedPrecision,
+                 clip_norm: float | None, device: torch.device) -> None:
+        self.name = name
+        self.optimizer = optimizer
+        self.backend = backend
+        self.precision = precision
+        self.clip_norm = clip_norm
+        self.parameters = parameters_of(optimizer)
+        self._flag_name = f"hvdtrain.nonfinite.{name}"
+        self._nonfinite_rank = torch.zeros((), device=device)  # 1 + this rank once a loss was not finite
+        self._this_rank = torch.zeros((), device=device)
+        self._check: Any = None  # the started agreement on the flag
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the flags (after an elastic load: this rank's number may have changed)."""
+        self._nonfinite_rank.zero_()
+        self._this_rank.fill_(self.backend.rank + 1)
+        self._check = None
+
+    def backward(self, loss: torch.Tensor, weight: float, start_check: bool, own_only: bool) -> None:
+        """Back-propagate ``loss * weight``; ``own_only``: into this optimizer's parameters alone."""
+        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank, self._this_rank)
+        if start_check:
+            self._check = self._start_check()
+        inputs = [p for p in self.parameters if p.requires_grad] if own_only else None
+        self.precision.backward(loss * weight if weight != 1.0 else loss, inputs)
+
+    def _start_check(self) -> Any:
+        return self.backend.start_max(self._nonfinite_rank.reshape(1), self._flag_name)
+
+    def apply(self, step_number: int) -> int | None:
+        """Apply the averaged gradients unless some rank's loss was not finite.
+
+        Returns:
+            The highest rank whose loss was not finite, agreed by all ranks, or None.
+        """
+        check = self._start_check() if self._check is None else self._check  # late: a streamed epoch's end
+        self._check = None
+        with self.backend.watch(f"the gradient allreduce of step {step_number}"):
+            self.optimizer.synchronize()
+            bad_rank = int(self.backend.wait(check).item()) - 1
+        self._nonfinite_rank.zero_()
+        if bad_rank < 0:
+            self.precision.unscale(self.optimizer)
+            if self.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+            self.precision.step(self.optimizer)
+        self.optimizer.zero_grad()
+        return bad_rank if bad_rank >= 0 else None
+
+
+@dataclass
+class _Batch:
+    """What the Trainer tells the handle about the batch being run, and what the step did."""
+
+    weight: float
+    update: bool
+    ends_epoch: Callable[[], bool]
+    step_number: int
+    backward: set[str] = field(default_factory=set)
+    stepped: set[str] = field(default_factory=set)
+    checked: bool = False
+    bad_ranks: list[int] = field(default_factory=list)
+
+    def applies(self) -> bool:
+        """Gradients are applied at this batch: it ends an accumulation round, or a streamed epoch."""
+        return self.update or self.ends_epoch()
+
+
+class ManualOptimization:
+    """What a ``training_step(batch, opt)`` gets to drive the Trainer's optimizers itself (e.g. a GAN).
+
+    For each optimizer, once per batch: ``opt.backward(loss, name)`` then ``opt.step(name)``::
+
+        def gan_step(batch, opt):
+            d_loss = ...
+            opt.backward(d_loss, "discriminator")  # gradients for the discriminator's parameters only
+            opt.step("discriminator")              # averaged over ranks, unscaled, clipped, applied
+            g_loss = ...
+            opt.backward(g_loss, "generator")
+            opt.step("generator")
+            return {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss}
+
+    ``backward`` weighs the loss (an uneven final batch, gradient accumulation), scales it (float16)
+    and, with several optimizers, gives gradients to that optimizer's parameters alone
+    (``loss.backward(inputs=...)``), so a generator loss flowing through the discriminator leaves the
+    discriminator's gradients (and its Horovod allreduces) alone: no ``toggle_optimizer`` is needed.
+    ``step`` applies them in Horovod's order, or skips them on every rank when any rank's loss given
+    to ``backward`` was not finite; between the batches of an accumulation round it only accumulates.
+    Every rank must make the same calls in the same order.
+    ``opt[name]`` is the distributed optimizer; with one optimizer the name may be left out.
+    """
+
+    def __init__(self, updates: dict[str, OptimizerUpdate], precision: MixedPrecision) -> None:
+        self._updates = updates
+        self._precision = precision
+        self._batch: _Batch | None = None
+
+    def __getitem__(self, name: str) -> torch.optim.Optimizer:
+        return self._update(name).optimizer
+
+    def backward(self, loss: torch.Tensor, name: str | None = None) -> None:
+        """Gradients of ``loss`` for optimizer ``name``'s parameters (once per optimizer and batch).
+
+        Raises:
+            ValueError: a second backward for ``name`` in this batch (add the losses instead).
+        """
+        update, batch = self._update(name), self._current("backward")
+        if update.name in batch.backward:
+            raise ValueError(f"backward(loss, {update.name!r}) ran twice in one batch: add the losses and "
+                             "call it once (Horovod allreduces each gradient once per backward pass)")
+        batch.backward.add(update.name)
+        update.backward(loss, batch.weight, start_check=batch.update, own_only=len(self._updates) > 1)
+
+    def step(self, name: str | None = None) -> None:
+        """Apply optimizer ``name``'s averaged gradients (or, mid accumulation round, keep them).
+
+        Raises:
+            ValueError: no ``backward(loss, name)`` ran before it in this batch.
+        """
+        update, batch = self._update(name), self._current("step")
+        if update.name not in batch.backward or update.name in batch.stepped:
+            raise ValueError(f"step({update.name!r}) needs a backward(loss, {update.name!r}) before it in the "
+                             "same batch, and runs once per batch")
+        batch.stepped.add(update.name)
+        if batch.applies():
+            bad_rank = update.apply(batch.step_number)
+            batch.checked = True
+            batch.bad_ranks += [] if bad_rank is None else [bad_rank]
+
+    def _update(self, name: str | None) -> OptimizerUpdate:
+        if name is None and len(self._updates) == 1:
+            return next(iter(self._updates.values()))
+        if name not in self._updates:
+            raise KeyError(f"no optimizer named {name!r}: the Trainer's optimizers are {list(self._updates)}")
+        return self._updates[name]
+
+    def _current(self, call: str) -> _Batch:
+        if self._batch is None:
+            raise RuntimeError(f"opt.{call}() runs inside the Trainer's training_step only")
+        return self._batch
+
+    # The Trainer's side.
+
+    def start_batch(self, weight: float, update: bool, ends_epoch: Callable[[], bool], step_number: int) -> None:
+        """Begin a batch: its loss weight, whether it ends an accumulation round, and (streamed input)
+        how to learn whether it ends the epoch."""
+        self._batch = _Batch(weight, update, ends_epoch, step_number)
+
+    def finish_batch(self) -> tuple[bool, int | None]:
+        """End the batch and update the loss scale.
+
+        Returns:
+            Whether the ranks agreed on non-finite losses (some optimizer applied or skipped its
+            gradients), and the highest rank whose loss was not finite, or None.
+
+        Raises:
+            ValueError: an optimizer had a backward but no step.
+        """
+        batch, self._batch = self._current("finish_batch"), None
+        missing = sorted(batch.backward - batch.stepped)
+        if missing:
+            raise ValueError(f"training_step ran backward(loss, name) but not step(name) for {missing}: every "
+                             "backward needs its step in the same batch")
+        self._precision.update()
+        return batch.checked, max(batch.bad_ranks, default=None)
+
+    def reset(self) -> None:
+        """Forget a batch cut short and every flag (after an elastic load)."""
+        self._batch = None
+        for update in self._updates.values():
+            update.reset()

@@ -1,0 +1,48 @@
+"""The elastic worker agent: it ends a worker whose heartbeats stop, and otherwise passes its status on."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+from hvdtrain.engine.watchdog import HANG_EXIT_CODE
+from tests.launch import REPO
+
+BEATING_WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    from hvdtrain.engine.watchdog import start_heartbeat
+    start_heartbeat(interval=0.2)
+    time.sleep(1)
+    if sys.argv[1] == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    sys.exit(int(sys.argv[2]))
+""")
+
+
+def _agent(tmp_path, *args, timeout_s="1.5"):
+    worker = tmp_path / "worker.py"
+    worker.write_text(BEATING_WORKER)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain.launcher.agent", sys.executable, str(worker), *args],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "HVDTRAIN_HEARTBEAT_TIMEOUT": timeout_s,
+                               "HOROVOD_RANK": "4"})
+    return proc, time.monotonic() - start
+
+
+def test_a_stopped_worker_is_ended_and_named(tmp_path):
+    proc, elapsed = _agent(tmp_path, "stop", "0")
+    assert proc.returncode == HANG_EXIT_CODE
+    assert "worker rank 4" in proc.stderr and "sent no heartbeat" in proc.stderr, proc.stderr
+    assert elapsed < 30
+
+
+def test_the_workers_own_status_is_passed_on(tmp_path):
+    assert _agent(tmp_path, "run", "0")[0].returncode == 0
+    assert _agent(tmp_path, "run", "3")[0].returncode == 3
+
+
+def test_a_bad_timeout_names_the_variable(tmp_path):
+    proc, _ = _agent(tmp_path, "run", "0", timeout_s="soon")
+    assert proc.returncode != 0 and "HVDTRAIN_HEARTBEAT_TIMEOUT='soon' is not a number" in proc.stderr

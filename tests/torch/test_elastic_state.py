@@ -1,0 +1,60 @@
+"""ElasticState in one process: a commit is a copy, restore returns to it, sync keeps it, and a world-size
+change rescales the LRs and tells the callbacks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import hvdtrain.torch as ht
+from hvdtrain.callbacks import Callback
+from hvdtrain.core.elastic import ElasticState
+
+
+class Heard(Callback):
+    def __init__(self):
+        self.changes = []
+
+    def on_world_change(self, ctx, old_size, new_size):
+        self.changes.append((old_size, new_size))
+
+
+def _trainer(callbacks=()):
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    model = nn.Linear(4, 2)
+    return ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), nn.functional.cross_entropy,
+                      train_data=(x, y), batch_size=8, epochs=2, progress=False, callbacks=callbacks,
+                      backend=ht.SerialBackend())
+
+
+def _params(model):
+    return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+
+
+def test_restore_returns_to_the_commit_and_sync_keeps_it():
+    trainer = _trainer()
+    ctx = trainer.ctx
+    trainer.callbacks.on_train_begin(ctx)
+    state = ElasticState(ctx, trainer._model_specs, trainer._after_elastic_load)
+    state.sync()
+    committed = _params(trainer.model)
+    trainer._train_epochs()
+    assert ctx.global_step == 16 and not torch.equal(_params(trainer.model), committed)
+    state.restore()
+    assert torch.equal(_params(trainer.model), committed)
+    assert (ctx.epoch, ctx.global_step, ctx.samples_seen_in_epoch, ctx.history) == (0, 0, 0, [])
+    state.sync()
+    assert torch.equal(_params(trainer.model), committed)
+
+
+def test_a_commit_from_a_larger_world_rescales_the_learning_rate_and_tells_the_callbacks():
+    heard = Heard()
+    trainer = _trainer([heard])
+    ctx = trainer.ctx
+    trainer.callbacks.on_train_begin(ctx)
+    state = ElasticState(ctx, trainer._model_specs, trainer._after_elastic_load)
+    state.save()
+    state._committed["world_size"] = 4  # as if written by 4 workers, loaded by this one
+    state.restore()
+    assert heard.changes == [(4, 1)]
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.1 / 4
