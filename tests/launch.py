@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,14 +89,18 @@ ELASTIC_ENV = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "5", "HVDTRAIN_HEARTBEAT_TIMEOUT"
 
 
 def start_elastic(script: str | os.PathLike, args: list[str], np: int = 3, min_np: int = 2, max_np: int = 3,
-                  cooldown: tuple[int, int] = (3, 5)) -> subprocess.Popen:
-    """Start ``hvdtrain run --elastic`` on this machine's local slots; output goes to ``proc.log``."""
+                  cooldown: tuple[int, int] = (3, 5), env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``hvdtrain run --elastic`` on this machine's local slots; output goes to ``proc.log``.
+
+    ``env`` overrides ``ELASTIC_ENV``: e.g. a longer ``HOROVOD_GLOO_TIMEOUT_SECONDS``, which must cover
+    a joining worker's start (the others wait for it at the rendezvous).
+    """
     results_dir = tempfile.mkdtemp(prefix="hvdtrain-results-")
     log = Path(results_dir) / "launcher.log"
     command = [str(BIN / "hvdtrain"), "run", "--elastic", "-np", str(np), "--min-np", str(min_np),
                "--max-np", str(max_np), "--blacklist-cooldown-range", *map(str, cooldown),
                str(script), *args]
-    env = {**os.environ, **QUIET_ENV, **ELASTIC_ENV, RESULTS_ENV: results_dir}
+    env = {**os.environ, **QUIET_ENV, **ELASTIC_ENV, RESULTS_ENV: results_dir, **(env or {})}
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     proc.results_dir, proc.log = results_dir, log
@@ -117,3 +123,30 @@ def worker_pids(marker: str) -> dict[int, int]:
                 and b"HOROVOD_RANK" in environ:
             found[int(environ[b"HOROVOD_RANK"])] = int(entry.name)
     return found
+
+
+def finish_elastic(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for a ``start_elastic`` job (killing it past ``timeout``); returns its output."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the elastic job ran past {timeout} s:\n{proc.log.read_text()[-5000:]}") from None
+    return proc.log.read_text()
+
+
+def elastic_reports(proc: subprocess.Popen) -> dict[int, dict]:
+    """What the workers of a ``start_elastic`` job reported (``report``), keyed by their final rank."""
+    return {int(f.stem.removeprefix("rank")): json.loads(f.read_text())
+            for f in Path(proc.results_dir).glob("rank*.json")}
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float) -> None:
+    """Poll ``condition()`` while the job runs; fail (killing the job) if it ends or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the job never got there:\n{proc.log.read_text()[-5000:]}")
+        time.sleep(0.2)

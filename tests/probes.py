@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hvdtrain.callbacks import Callback, Order, ResumeFromCheckpoint
+from hvdtrain.core.sharding import ShardedOrder
 from tests.launch import report
 
 
@@ -124,6 +125,13 @@ def _write_until_full(fd: int, chunk: bytes) -> None:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
+
+
+def steps_per_epoch(num_samples: int, size: int, batch: int, samples_seen: int = 0) -> int:
+    """The steps of an epoch sharded over ``size`` ranks (``batch`` samples each), after ``samples_seen``."""
+    order = ShardedOrder(num_samples, 0, size, batch)
+    order.set_epoch(0, samples_seen)
+    return len(order)
 
 
 def make_data(seed: int, n: int = 300):

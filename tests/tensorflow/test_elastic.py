@@ -37,12 +37,13 @@ def data(n=64, seed=0):
     return x, (x[:, :2].sum(1) > 0).astype(np.int64)
 
 
-def make_trainer(backend, train_data=None):
+def make_trainer(backend, train_data=None, learning_rate=0.1, scale_lr=False):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)])
-    return htf.Trainer(model, keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    return htf.Trainer(model, keras.optimizers.SGD(learning_rate),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        train_data=data() if train_data is None else train_data, backend=backend, batch_size=8,
-                       scale_lr=False, progress=False)
+                       scale_lr=scale_lr, progress=False)
 
 
 def test_a_lost_peer_in_a_compiled_step_becomes_the_error_horovods_elastic_run_recovers_from(backend):
@@ -78,6 +79,16 @@ def test_after_a_world_change_the_trainer_shards_anew_and_its_step_averages_over
     for a, b in zip(on_three, on_two):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert (trainer.train.order.size, len(trainer.train)) == (3, 3), "64 samples, 8 per rank and step, 3 ranks"
+
+
+def test_after_a_world_change_a_keras_schedule_scaled_by_the_world_size_takes_the_new_size():
+    world = ElasticWorld(2)
+    trainer = make_trainer(world, learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 100, 0.5),
+                           scale_lr=True)
+    rate = trainer.adapter.get_learning_rates(trainer.optimizer)[0]
+    world.resize(3)
+    trainer._after_elastic_load(2)
+    assert trainer.adapter.get_learning_rates(trainer.optimizer)[0] == pytest.approx(rate * 3 / 2)
 
 
 def test_elastic_training_refuses_a_dataset_it_could_not_reshard():

@@ -2,53 +2,19 @@
 from the last commit, re-sharded, and a worker that comes back is taken in."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from hvdtrain.core.sharding import ShardedOrder
-from tests.launch import REPO, start_elastic, worker_pids
+from tests.launch import REPO, elastic_reports, finish_elastic, start_elastic, wait_for, worker_pids
+from tests.probes import steps_per_epoch
 
 TRAIN = Path(__file__).parent / "workers" / "train_worker.py"
 EXAMPLE = REPO / "examples" / "pytorch_digits.py"
 pytestmark = pytest.mark.parallel
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> str:
-    """Wait for the job (killing it past ``timeout``); returns its output."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"the elastic job ran past {timeout} s:\n{proc.log.read_text()[-5000:]}") from None
-    return proc.log.read_text()
-
-
-def _reports(proc: subprocess.Popen) -> dict[int, dict]:
-    return {int(f.stem.removeprefix("rank")): json.loads(f.read_text())
-            for f in Path(proc.results_dir).glob("rank*.json")}
-
-
-def _wait_for(condition, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"the job never got there:\n{proc.log.read_text()[-5000:]}")
-        time.sleep(0.2)
-
-
-def _steps(num_samples: int, size: int, batch: int, samples_seen: int = 0) -> int:
-    order = ShardedOrder(num_samples, 0, size, batch)
-    order.set_epoch(0, samples_seen)
-    return len(order)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["sigkill", "sigstop"])
@@ -58,19 +24,19 @@ def test_a_lost_worker_is_dropped_and_the_epoch_is_resharded_from_the_last_commi
     # one step after the commit of step 8. A long cooldown keeps its slot out.
     proc = start_elastic(TRAIN, ["--epochs", "4", flag, "9", "--die-rank", "1", "--commit-every", "2",
                                  "--once-marker", str(tmp_path / "lost")], cooldown=(600, 1000))
-    output = _finish(proc, timeout=240)
+    output = finish_elastic(proc, timeout=240)
     assert proc.returncode == 0, output[-5000:]
     if signum == signal.SIGSTOP:
         assert re.search(r"\[hvdtrain agent\] ERROR: worker rank 1 \(pid \d+\) sent no heartbeat", output), output
-    reports = _reports(proc)
+    reports = elastic_reports(proc)
     assert sorted(reports) == [0, 1] and {r["size"] for r in reports.values()} == {2}, output[-5000:]
-    first = _steps(300, 3, 16)
+    first = steps_per_epoch(300, 3, 16)
     committed = (8 - first) * 48  # samples of epoch 1 done at the commit of step 8
     assert reports[0]["world_changes"] == [[3, 2, 1, 8, committed]]
     for report in reports.values():
         last_of_epoch = {epoch: seen for epoch, _, _, seen in report["steps"]}
         assert last_of_epoch == {0: 300, 1: 300, 2: 300, 3: 300}, "every sample once per epoch"
-    assert reports[0]["global_step"] == 8 + _steps(300, 2, 16, committed) + 2 * _steps(300, 2, 16)
+    assert reports[0]["global_step"] == 8 + steps_per_epoch(300, 2, 16, committed) + 2 * steps_per_epoch(300, 2, 16)
     assert reports[0]["digest"] == reports[1]["digest"]
 
 
@@ -78,9 +44,9 @@ def test_the_digits_example_survives_a_killed_worker_and_takes_a_returning_one_b
     out = tmp_path / "run"
     proc = start_elastic(EXAMPLE, ["--epochs", "40", "--no-progress", "--output-dir", str(out),
                                    "--commit-every-n-steps", "4"], cooldown=(3, 5))
-    _wait_for(lambda: any((out / "checkpoints").glob("*epoch0003*")), proc, timeout=120)
+    wait_for(lambda: any((out / "checkpoints").glob("*epoch0003*")), proc, timeout=120)
     os.kill(worker_pids(str(out))[1], signal.SIGKILL)
-    output = _finish(proc, timeout=300)
+    output = finish_elastic(proc, timeout=300)
     assert proc.returncode == 0, output[-5000:]
     assert "the job now has 2 workers (was 3)" in output, output[-5000:]
     assert "the job now has 3 workers (was 2)" in output, "the returning worker was taken in"

@@ -56,7 +56,7 @@ def make_loss(args, rank):
 def common(args):
     return dict(warmup_epochs=args.warmup_epochs, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 monitor="plateau" if args.patience else "val_loss", early_stopping_patience=args.patience,
-                progress=False, seed=7)
+                progress=False, seed=7, commit_every_n_steps=args.commit_every)
 
 
 def run_trainer(args, backend, model, extra):
@@ -124,7 +124,8 @@ def train(args, backend) -> None:
     report({
         "rank": backend.rank, "size": backend.size, "digest": hashlib.sha256(params.tobytes()).hexdigest(),
         "global_step": ctx.global_step, "epoch": ctx.epoch, "history": history, "lrs": recorder.lrs,
-        "steps": recorder.steps, "epoch_logs": recorder.epoch_logs, "stop_reason": ctx.stop_reason,
+        "steps": recorder.steps, "world_changes": recorder.world_changes, "epoch_logs": recorder.epoch_logs,
+        "stop_reason": ctx.stop_reason,
         "resumed_from": ctx.resumed_from, "params": params.astype(float).tolist(),
         "finite": bool(np.isfinite(params).all()),
     })
