@@ -100,7 +100,12 @@ class HorovodBackendBase:
 
         bridge = HorovodElasticState(bcast_object=self.broadcast_object, get_rank=lambda: self.rank)
         state.check_host_updates = bridge.check_host_updates
-        return self.hvd.elastic.run(lambda _: self.recoverable(train))(bridge)
+        return self.elastic_loop(lambda _: self.recoverable(train))(bridge)
+
+    def elastic_loop(self, attempt: Callable[[Any], T]) -> Callable[[Any], T]:
+        """Horovod's elastic loop around ``attempt(state)``: sync, run, and on a lost or added worker
+        restore or keep the commit, rebuild the world and go again."""
+        return self.hvd.elastic.run(attempt)
 
     def recoverable(self, run: Callable[[], T]) -> T:
         """``run()``; a collective that failed because a worker was lost raises Horovod's

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import horovod.tensorflow as hvd
 import tensorflow as tf
 from horovod.common.elastic import State as HorovodState
+from horovod.common.elastic import run_fn
 from horovod.common.exceptions import HorovodInternalError
 
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
@@ -37,10 +38,14 @@ class HorovodBackend(HorovodBackendBase):
         tensor = tf.constant([float(v) for v in values], dtype=tf.float64)
         return [float(v) for v in hvd.allreduce(tensor, op=op, name=name).numpy()]
 
+    def elastic_loop(self, attempt: Callable[[Any], T]) -> Callable[[Any], T]:
+        # Not horovod.tensorflow's elastic run: it returns None for an UnknownError whose message names
+        # none of a few Horovod ops (the grouped allreduce of a compiled step, or any error of the
+        # user's), which would end training silently. ``recoverable`` tells Horovod's errors instead.
+        return run_fn(attempt, _restart_horovod)
+
     def recoverable(self, run: Callable[[], T]) -> T:
-        # A Horovod op fails with TensorFlow's UnknownError. Horovod's own elastic run recognizes only
-        # some op names in it (not the grouped allreduce of a compiled step) and returns None for the
-        # rest, which would end training silently.
+        # A Horovod op fails with TensorFlow's UnknownError; other UnknownErrors go on up as they are.
         try:
             return run()
         except tf.errors.UnknownError as error:
@@ -69,6 +74,12 @@ class SerialBackend(CoreSerialBackend):
 
     def broadcast_variables(self, variables: list[tf.Variable], root: int = 0) -> None:
         return None
+
+
+def _restart_horovod() -> None:
+    """Rebuild Horovod's world after a lost or added worker (what horovod.tensorflow's elastic run does)."""
+    hvd.shutdown()
+    hvd.init()
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:

@@ -60,6 +60,29 @@ def test_a_lost_peer_in_a_compiled_step_becomes_the_error_horovods_elastic_run_r
         backend.recoverable(other_failure)
 
 
+class NoState:
+    """Nothing to commit: the elastic run alone."""
+
+    def save(self):
+        pass
+
+    def restore(self):
+        pass
+
+    def sync(self):
+        pass
+
+
+def test_another_tensorflow_error_in_the_elastic_run_is_raised_not_swallowed(backend):
+    # Horovod's own TensorFlow elastic run returns None for an UnknownError it does not recognize.
+    def failing_training():
+        raise tf.errors.UnknownError(None, None, "a failure of the user's own op")
+
+    with pytest.raises(tf.errors.UnknownError, match="the user's own op"):
+        backend.run_elastic(failing_training, NoState())
+    assert backend.run_elastic(lambda: "done", NoState()) == "done"
+
+
 def test_after_a_world_change_the_trainer_shards_anew_and_its_step_averages_over_the_new_size():
     world = ElasticWorld(2)
     trainer = make_trainer(world)
