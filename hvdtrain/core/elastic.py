@@ -71,6 +71,12 @@ class ElasticState:
         self._committed = committed
         self._rng = ctx.adapter.rng_state()
 
+    def adopt_world(self) -> None:
+        """Before training goes on in a rebuilt world: when Horovod skipped the sync (hosts were only
+        removed, just after a commit), load that commit for the new world as a sync would."""
+        if self._committed is not None and self._state_world not in (None, self.ctx.size):
+            self._load(self._committed)
+
     def _capture(self) -> dict[str, Any]:
         ctx = self.ctx
         if ctx.startup_error:

@@ -81,7 +81,8 @@ class HorovodBackendBase:
         Horovod syncs ``state`` from rank 0 and calls ``train``. When a worker is lost the others
         restore their last commit; when hosts are added or removed (noticed at a commit) they keep it.
         Either way Horovod rebuilds the world, this backend re-reads its rank and size, and the
-        sync and ``train`` run again.
+        sync and ``train`` run again. (Horovod skips the sync when hosts were only removed; the commit
+        is then loaded for the new world before ``train``.)
         """
         backend = self
 
@@ -100,7 +101,12 @@ class HorovodBackendBase:
 
         bridge = HorovodElasticState(bcast_object=self.broadcast_object, get_rank=lambda: self.rank)
         state.check_host_updates = bridge.check_host_updates
-        return self.elastic_loop(lambda _: self.recoverable(train))(bridge)
+
+        def attempt(_: Any) -> T:
+            state.adopt_world()
+            return self.recoverable(train)
+
+        return self.elastic_loop(attempt)(bridge)
 
     def elastic_loop(self, attempt: Callable[[Any], T]) -> Callable[[Any], T]:
         """Horovod's elastic loop around ``attempt(state)``: sync, run, and on a lost or added worker

@@ -72,6 +72,9 @@ class NoState:
     def sync(self):
         pass
 
+    def adopt_world(self):
+        pass
+
 
 def test_another_tensorflow_error_in_the_elastic_run_is_raised_not_swallowed(backend):
     # Horovod's own TensorFlow elastic run returns None for an UnknownError it does not recognize.

@@ -58,3 +58,19 @@ def test_a_commit_from_a_larger_world_rescales_the_learning_rate_and_tells_the_c
     state.restore()
     assert heard.changes == [(4, 1)]
     assert trainer.optimizer.param_groups[0]["lr"] == 0.1 / 4
+
+
+def test_a_world_rebuilt_without_a_sync_loads_the_commit_for_the_new_size():
+    heard = Heard()
+    trainer = _trainer([heard])
+    ctx = trainer.ctx
+    trainer.callbacks.on_train_begin(ctx)
+    state = ElasticState(ctx, trainer._model_specs, trainer._after_elastic_load)
+    state.adopt_world()
+    assert heard.changes == []  # nothing committed yet
+    state.sync()
+    state._committed["world_size"] = state._state_world = 2  # committed by 2 workers; Horovod skipped the sync
+    state.adopt_world()
+    assert heard.changes == [(2, 1)] and trainer.optimizer.param_groups[0]["lr"] == 0.1 / 2
+    state.adopt_world()
+    assert heard.changes == [(2, 1)], "once"
