@@ -43,7 +43,8 @@ def test_a_lost_worker_is_dropped_and_the_epoch_is_resharded_from_the_last_commi
 def test_the_digits_example_survives_a_killed_worker_and_takes_a_returning_one_back(tmp_path):
     out = tmp_path / "run"
     proc = start_elastic(EXAMPLE, ["--epochs", "40", "--no-progress", "--output-dir", str(out),
-                                   "--commit-every-n-steps", "4"], cooldown=(3, 5))
+                                   "--commit-every-n-steps", "4"], cooldown=(3, 5),
+                         env={"HOROVOD_GLOO_TIMEOUT_SECONDS": "20"})  # longer than a joining worker's start
     wait_for(lambda: any((out / "checkpoints").glob("*epoch0003*")), proc, timeout=120)
     os.kill(worker_pids(str(out))[1], signal.SIGKILL)
     output = finish_elastic(proc, timeout=300)
