@@ -15,7 +15,11 @@ from hvdtrain.core.distributed import rank_zero_only
 
 
 class CSVLogger(Callback):
-    """Appends one row of epoch metrics per epoch to a CSV file (kept across resumes)."""
+    """Writes one row of epoch metrics per epoch to a CSV file (kept across resumes).
+
+    A row for an epoch that is run again (a resume from an older checkpoint, or an elastic job rolled
+    back to its last commit) replaces the rows of that epoch and later ones, so each epoch has one row.
+    """
 
     order = Order.LOGGING
 
@@ -27,27 +31,25 @@ class CSVLogger(Callback):
         row = {"epoch": ctx.epoch + 1, "global_step": ctx.global_step,
                **{k: float(v) for k, v in sorted(ctx.logs.items())}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fields = self._existing_fields() or list(row)
-        if set(row) - set(fields):
-            fields += sorted(set(row) - set(fields))
-            self._rewrite_with(fields)
+        existing, rows = self._read()
+        fields = existing + sorted(set(row) - set(existing)) if existing else list(row)
+        kept = [r for r in rows if int(r["epoch"]) < row["epoch"]]
+        if fields != existing or len(kept) < len(rows):
+            self._rewrite(fields, kept)
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, restval="")
             if f.tell() == 0:
                 writer.writeheader()
             writer.writerow(row)
 
-    def _existing_fields(self) -> list[str] | None:
+    def _read(self) -> tuple[list[str], list[dict[str, str]]]:
         if not self.path.is_file() or self.path.stat().st_size == 0:
-            return None
+            return [], []
         with open(self.path, newline="") as f:
-            return next(csv.reader(f))
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
 
-    def _rewrite_with(self, fields: list[str]) -> None:
-        if not self.path.is_file():
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
+    def _rewrite(self, fields: list[str], rows: list[dict[str, str]]) -> None:
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, restval="")

@@ -109,6 +109,14 @@ def test_csv_logger_adds_columns_without_losing_rows(tmp_path):
     assert lines[1:] == ["1,0,1.0,", "2,0,0.5,0.7"]
 
 
+def test_csv_logger_keeps_one_row_per_epoch_when_epochs_run_again(tmp_path):
+    # A resume from an older checkpoint, or an elastic job rolled back to its last commit.
+    logger, path = CSVLogger(tmp_path / "m.csv"), tmp_path / "m.csv"
+    for epoch, loss in [(0, 1.0), (1, 0.5), (2, 0.4), (1, 0.6), (2, 0.3)]:
+        logger.on_epoch_end(TrainContext(progress=Progress(epoch=epoch), logs={"loss": loss}))
+    assert path.read_text().splitlines() == ["epoch,global_step,loss", "1,0,1.0", "2,0,0.6", "3,0,0.3"]
+
+
 def test_tensorboard_logger_writes_scalars_tensorboard_can_read(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
