@@ -27,6 +27,8 @@ class TrainContext:
         stop_training: true once the ranks agreed to stop (see ``agree_on_stop``).
         stop_reason: human-readable reason for stopping.
         resumed_from: the checkpoint path training resumed from, if any.
+        scale_lr: the LRs follow the world size (the linear scaling rule), so a resume or an elastic
+            change to another number of workers rescales them.
         startup_error: a failure rank 0 met before the ranks first agree (an elastic start loads the
             checkpoint on rank 0 alone); the elastic sync raises it on every rank.
         sample_count: samples this rank processed in the current epoch.
@@ -47,6 +49,7 @@ class TrainContext:
     stop_training: bool = False
     stop_reason: str | None = None
     resumed_from: str | None = None
+    scale_lr: bool = True
     startup_error: str | None = None
     sample_count: int = 0
     callbacks: Any = None

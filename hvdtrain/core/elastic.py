@@ -109,8 +109,11 @@ def rescale_for_world_size(ctx: TrainContext, old_size: int) -> None:
     """Keep the linear LR scaling rule after the world changed from ``old_size`` to ``ctx.size`` workers.
 
     Every rank rescales its optimizer's LRs and the callbacks that hold base LRs
-    (``rescale_for_world_size(old, new)``), so the ranks stay equal.
+    (``rescale_for_world_size(old, new)``), so the ranks stay equal. Nothing changes without
+    ``ctx.scale_lr``.
     """
+    if not ctx.scale_lr:
+        return
     ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.size / old_size)
     for callback in ctx.callbacks or ():
         rescale = getattr(callback, "rescale_for_world_size", None)

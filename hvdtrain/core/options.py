@@ -82,6 +82,11 @@ class TrainingOptions:
         for option, problem in _problems(self):
             raise OptionsError(problem, option)
 
+    @property
+    def lr_follows_world_size(self) -> bool:
+        """The linear scaling rule applies: ``scale_lr``, except with Adasum, which needs no scaling."""
+        return self.scale_lr and self.op != "adasum"
+
     @classmethod
     def merged(cls, options: TrainingOptions | None, overrides: Mapping[str, Any], caller: str) -> TrainingOptions:
         """``options`` (or the defaults) with keyword ``overrides`` applied; unknown names raise ``TypeError``."""

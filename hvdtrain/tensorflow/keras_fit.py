@@ -331,6 +331,7 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
     defaults = default_callbacks(o, has_val=validation_data is not None, weighted_metrics=train.arrays is not None)
     bridge = KerasBridge([*defaults, *hvd_callbacks], backend=backend, data=train.arrays,
                          validation_samples=val_samples)
+    bridge.ctx.scale_lr = o.scale_lr
     if verbose is None:
         verbose = 0 if o.progress else "auto"
     keras_args = {"shuffle": False, "callbacks": [bridge, *keras_callbacks], "verbose": verbose}

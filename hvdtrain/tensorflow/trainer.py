@@ -126,7 +126,7 @@ class Trainer(EpochLoop):
             self.callbacks.add(callback)
         drive_keras_schedule(self.optimizer, self.callbacks)
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
-                                max_epochs=o.epochs)
+                                max_epochs=o.epochs, scale_lr=o.scale_lr)
 
     def _position_data(self, epoch: int, samples_seen: int) -> int:
         if isinstance(self.train, DatasetBatches):

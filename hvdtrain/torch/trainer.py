@@ -138,7 +138,7 @@ class Trainer(EpochLoop):
             self.callbacks.add(callback)
         self._drive_learning_rates()
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
-                                max_epochs=o.epochs)
+                                max_epochs=o.epochs, scale_lr=o.lr_follows_world_size)
 
     def _distributed(self, optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
                      model: torch.nn.Module, o: TrainingOptions) -> torch.optim.Optimizer | NamedOptimizers:
@@ -171,7 +171,7 @@ class Trainer(EpochLoop):
 
     def _lr_scale(self, o: TrainingOptions) -> int:
         """The linear scaling rule's factor for this world size (1 when it is off)."""
-        return self.backend.size if o.scale_lr and o.op != "adasum" else 1
+        return self.backend.size if o.lr_follows_world_size else 1
 
     def _drive_learning_rates(self) -> None:
         """Let the LR callback take its base LRs from the lr_scheduler, adding one if there is none."""

@@ -74,3 +74,14 @@ def test_a_world_rebuilt_without_a_sync_loads_the_commit_for_the_new_size():
     assert heard.changes == [(2, 1)] and trainer.optimizer.param_groups[0]["lr"] == 0.1 / 2
     state.adopt_world()
     assert heard.changes == [(2, 1)], "once"
+
+
+def test_without_the_scaling_rule_a_world_change_leaves_the_learning_rate():
+    trainer = _trainer()
+    trainer.ctx.scale_lr = False  # as scale_lr=False sets it
+    trainer.callbacks.on_train_begin(trainer.ctx)
+    state = ElasticState(trainer.ctx, trainer._model_specs, trainer._after_elastic_load)
+    state.save()
+    state._committed["world_size"] = 4
+    state.restore()
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.1
