@@ -8,6 +8,7 @@ waits: past the timeout it names itself, the step and the collective, and exits 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -93,6 +94,7 @@ class Watchdog:
 
 
 HEARTBEAT_FD_ENV = "HVDTRAIN_HEARTBEAT_FD"  # set by hvdtrain.launcher.agent (elastic jobs)
+HEARTBEAT, EXITING = b".", b"!"  # what the worker writes to its agent
 _heartbeat: threading.Thread | None = None
 
 
@@ -100,7 +102,8 @@ def start_heartbeat(environ: dict[str, str] | None = None, interval: float = 1.0
     """Tell this worker's agent, once a second, that the process still runs (nothing without an agent).
 
     A stopped or interpreter-blocked worker stops beating, and its agent ends it (see
-    ``hvdtrain.launcher.agent``).
+    ``hvdtrain.launcher.agent``). When the interpreter exits it says so first: the frameworks' own
+    shutdown may then take longer than the agent's timeout without any heartbeat.
     """
     global _heartbeat
     value = (os.environ if environ is None else environ).get(HEARTBEAT_FD_ENV, "")
@@ -108,13 +111,17 @@ def start_heartbeat(environ: dict[str, str] | None = None, interval: float = 1.0
         return
     fd = int(value)
 
-    def beat() -> None:
+    def send(message: bytes) -> bool:
         try:
-            while True:
-                os.write(fd, b".")
-                time.sleep(interval)
+            os.write(fd, message)
         except OSError:  # the agent is gone: nobody listens
-            return
+            return False
+        return True
 
+    def beat() -> None:
+        while send(HEARTBEAT):
+            time.sleep(interval)
+
+    atexit.register(send, EXITING)
     _heartbeat = threading.Thread(target=beat, name="hvdtrain-heartbeat", daemon=True)
     _heartbeat.start()

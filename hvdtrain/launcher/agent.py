@@ -8,10 +8,12 @@ agent::
     python -m hvdtrain.launcher.agent python train.py ...
 
 The agent runs the worker as its child and hands it the write end of a pipe
-(``HVDTRAIN_HEARTBEAT_FD``); hvdtrain's backend writes a byte to it every second. Once the first
-heartbeat has arrived, silence for ``HVDTRAIN_HEARTBEAT_TIMEOUT`` seconds (default 60) makes the
-agent kill the worker and exit with ``HANG_EXIT_CODE``: Horovod records the slot as failed and the
-others continue without it. Otherwise the agent exits with the worker's own status.
+(``HVDTRAIN_HEARTBEAT_FD``); hvdtrain's backend writes a byte to it every second, and another when
+the interpreter exits. Once the first heartbeat has arrived, silence for
+``HVDTRAIN_HEARTBEAT_TIMEOUT`` seconds (default 60) makes the agent kill the worker and exit with
+``HANG_EXIT_CODE``, unless the worker said it is exiting (the frameworks' shutdown can take a
+while): Horovod records the slot as failed and the others continue without it. Otherwise the agent
+exits with the worker's own status.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from hvdtrain.engine.watchdog import HANG_EXIT_CODE, HEARTBEAT_FD_ENV
+from hvdtrain.engine.watchdog import EXITING, HANG_EXIT_CODE, HEARTBEAT_FD_ENV
 
 HEARTBEAT_TIMEOUT_ENV = "HVDTRAIN_HEARTBEAT_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
@@ -53,15 +55,18 @@ def supervise(command: list[str], timeout: float) -> int:
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, lambda received, _frame: worker.send_signal(received))
     last_beat: float | None = None
+    exiting = False
     while True:
         ready, _, _ = select.select([read_end], [], [], 1.0)
-        if ready and os.read(read_end, 4096):
-            last_beat = time.monotonic()
-        elif ready:  # the pipe closed: the worker is exiting
+        message = os.read(read_end, 4096) if ready else b""
+        if ready and not message:  # the pipe closed: the worker is exiting
             return _status(worker.wait())
+        if message:
+            last_beat = time.monotonic()
+            exiting = exiting or EXITING in message
         if worker.poll() is not None:
             return _status(worker.returncode)
-        if last_beat is not None and time.monotonic() - last_beat > timeout:
+        if last_beat is not None and not exiting and time.monotonic() - last_beat > timeout:
             _end(worker, time.monotonic() - last_beat, timeout)
             return HANG_EXIT_CODE
 

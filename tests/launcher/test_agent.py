@@ -10,8 +10,10 @@ from hvdtrain.engine.watchdog import HANG_EXIT_CODE
 from tests.launch import REPO
 
 BEATING_WORKER = textwrap.dedent("""
-    import os, signal, sys, time
+    import atexit, os, signal, sys, time
     from hvdtrain.engine.watchdog import start_heartbeat
+    if sys.argv[1] == "slow-exit":
+        atexit.register(time.sleep, 4)  # runs after hvdtrain's "exiting" message (atexit is last-in, first-out)
     start_heartbeat(interval=0.2)
     time.sleep(1)
     if sys.argv[1] == "stop":
@@ -36,6 +38,12 @@ def test_a_stopped_worker_is_ended_and_named(tmp_path):
     assert proc.returncode == HANG_EXIT_CODE
     assert "worker rank 4" in proc.stderr and "sent no heartbeat" in proc.stderr, proc.stderr
     assert elapsed < 30
+
+
+def test_a_worker_that_said_it_is_exiting_may_take_its_time(tmp_path):
+    proc, elapsed = _agent(tmp_path, "slow-exit", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed > 4
 
 
 def test_the_workers_own_status_is_passed_on(tmp_path):
