@@ -85,7 +85,7 @@ def rank_errors(proc: subprocess.CompletedProcess, np: int = 2) -> dict[int, str
     return {rank: payload["error"] for rank, payload in found.items()}
 
 
-ELASTIC_ENV = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "5", "HVDTRAIN_HEARTBEAT_TIMEOUT": "8"}
+ELASTIC_ENV = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "5", "HVDTRAIN_HEARTBEAT_TIMEOUT": "15"}
 
 
 def start_elastic(script: str | os.PathLike, args: list[str], np: int = 3, min_np: int = 2, max_np: int = 3,
