@@ -28,13 +28,15 @@ class ElasticState:
         specs: the (name, shape, dtype) of every model tensor, checked equal on all ranks at a sync.
         after_load: the loop's hook after a commit was loaded (drop partial gradients, re-shard the
             data for the current ranks); takes the world size the commit was made with.
+        commit_every_n_steps: commit after every n-th optimizer step too (None: at epoch ends only).
     """
 
     def __init__(self, ctx: TrainContext, specs: Callable[[], list[Any]],
-                 after_load: Callable[[int], None]) -> None:
+                 after_load: Callable[[int], None], commit_every_n_steps: int | None = None) -> None:
         self.ctx = ctx
         self.specs = specs
         self.after_load = after_load
+        self.commit_every_n_steps = commit_every_n_steps
         self.check_host_updates: Callable[[], None] = lambda: None  # set by the backend's elastic run
         self._committed: dict[str, Any] | None = None
         self._rng: Any = None
@@ -48,6 +50,15 @@ class ElasticState:
         """
         self.save()
         self.check_host_updates()
+
+    def due_after_batch(self) -> bool:
+        """Whether the batch just finished ends a commit interval: an optimizer step, training going on."""
+        ctx, every = self.ctx, self.commit_every_n_steps
+        return bool(every) and ctx.outcome.updated and ctx.global_step % every == 0 and not ctx.stop_training
+
+    def due_after_epoch(self) -> bool:
+        """Whether to commit at the end of the epoch just finished: another epoch follows."""
+        return not self.ctx.stop_training and self.ctx.epoch < self.ctx.max_epochs
 
     def save(self) -> None:
         self._committed = self._capture()

@@ -33,7 +33,8 @@ class EpochLoop:
         try:
             self.callbacks.on_train_begin(ctx)
             if ctx.elastic:
-                self.elastic_state = ElasticState(ctx, self._model_specs, self._after_elastic_load)
+                self.elastic_state = ElasticState(ctx, self._model_specs, self._after_elastic_load,
+                                                  self.options.commit_every_n_steps)
                 ctx.backend.run_elastic(self._train_epochs, self.elastic_state)
             else:
                 self._train_epochs()
@@ -47,7 +48,7 @@ class EpochLoop:
         ctx = self.ctx
         while ctx.epoch < ctx.max_epochs and not ctx.stop_training:
             self._run_epoch(ctx)
-            if self.elastic_state and not ctx.stop_training:
+            if self.elastic_state and self.elastic_state.due_after_epoch():
                 self.elastic_state.commit()
 
     def _run_epoch(self, ctx: TrainContext) -> None:
@@ -89,9 +90,7 @@ class EpochLoop:
         ctx.outcome = outcome
         ctx.logs = {"loss": outcome.loss}
         self.callbacks.on_batch_end(ctx)
-        every = self.options.commit_every_n_steps
-        if self.elastic_state and outcome.updated and every and ctx.global_step % every == 0 \
-                and not ctx.stop_training:
+        if self.elastic_state and self.elastic_state.due_after_batch():
             self.elastic_state.commit()
         return ctx.stop_training
 

@@ -84,7 +84,6 @@ class KerasBridge(keras.callbacks.Callback):
         self._moved_initial_epoch = False
         self._step_watch = contextlib.ExitStack()
         self.elastic_state: ElasticState | None = None
-        self._commit_every: int | None = None
 
     @contextlib.contextmanager
     def training(self, model: keras.Model, epochs: int, steps_per_epoch: int | None = None) -> Iterator[TrainContext]:
@@ -113,9 +112,8 @@ class KerasBridge(keras.callbacks.Callback):
         """Elastic training (inside ``training``): the state committed at every epoch's end and every
         ``commit_every_n_steps`` optimizer steps, which a lost or added worker rolls every rank back to."""
         model = self.model
-        self._commit_every = commit_every_n_steps
         self.elastic_state = ElasticState(self.ctx, lambda: variable_specs(state_variables(model, model.optimizer)),
-                                          self._after_elastic_load)
+                                          self._after_elastic_load, commit_every_n_steps)
         return self.elastic_state
 
     def _after_elastic_load(self, old_size: int) -> None:
@@ -216,9 +214,9 @@ class KerasBridge(keras.callbacks.Callback):
     def _commit_due(self, ctx: TrainContext) -> bool:
         """Whether elastic training commits after this batch: every ``commit_every_n_steps`` optimizer steps,
         except at the epoch's last batch (its end commits; a rollback there would skip the epoch's end)."""
-        every, last = self._commit_every, ctx.steps_per_epoch
-        return (self.elastic_state is not None and bool(every) and ctx.outcome.updated and not ctx.stop_training
-                and ctx.global_step % every == 0 and (last is None or ctx.progress.batches_done < last))
+        last = ctx.steps_per_epoch
+        return (self.elastic_state is not None and self.elastic_state.due_after_batch()
+                and (last is None or ctx.progress.batches_done < last))
 
     def _count_batches(self, ctx: TrainContext, last: int) -> None:
         """Advance the progress through batch ``last`` of the epoch; one update every ``passes`` batches."""
@@ -251,7 +249,7 @@ class KerasBridge(keras.callbacks.Callback):
         if ctx.agree_on_stop():
             self.model.stop_training = True
         ctx.progress.next_epoch()
-        if self.elastic_state is not None and not ctx.stop_training and ctx.epoch < ctx.max_epochs:
+        if self.elastic_state is not None and self.elastic_state.due_after_epoch():
             self.elastic_state.commit()
 
     def _average_validation(self, ctx: TrainContext) -> None:

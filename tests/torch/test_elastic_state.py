@@ -27,6 +27,12 @@ def _trainer(callbacks=()):
                       backend=ht.SerialBackend())
 
 
+def _started(trainer):
+    """The trainer's ElasticState, after the train-begin hooks ran (as fit() runs them first)."""
+    trainer.callbacks.on_train_begin(trainer.ctx)
+    return ElasticState(trainer.ctx, trainer._model_specs, trainer._after_elastic_load)
+
+
 def _params(model):
     return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
 
@@ -34,8 +40,7 @@ def _params(model):
 def test_restore_returns_to_the_commit_and_sync_keeps_it():
     trainer = _trainer()
     ctx = trainer.ctx
-    trainer.callbacks.on_train_begin(ctx)
-    state = ElasticState(ctx, trainer._model_specs, trainer._after_elastic_load)
+    state = _started(trainer)
     state.sync()
     committed = _params(trainer.model)
     trainer._train_epochs()
@@ -50,9 +55,7 @@ def test_restore_returns_to_the_commit_and_sync_keeps_it():
 def test_a_commit_from_a_larger_world_rescales_the_learning_rate_and_tells_the_callbacks():
     heard = Heard()
     trainer = _trainer([heard])
-    ctx = trainer.ctx
-    trainer.callbacks.on_train_begin(ctx)
-    state = ElasticState(ctx, trainer._model_specs, trainer._after_elastic_load)
+    state = _started(trainer)
     state.save()
     state._committed["world_size"] = 4  # as if written by 4 workers, loaded by this one
     state.restore()
@@ -63,9 +66,7 @@ def test_a_commit_from_a_larger_world_rescales_the_learning_rate_and_tells_the_c
 def test_a_world_rebuilt_without_a_sync_loads_the_commit_for_the_new_size():
     heard = Heard()
     trainer = _trainer([heard])
-    ctx = trainer.ctx
-    trainer.callbacks.on_train_begin(ctx)
-    state = ElasticState(ctx, trainer._model_specs, trainer._after_elastic_load)
+    state = _started(trainer)
     state.adopt_world()
     assert heard.changes == []  # nothing committed yet
     state.sync()
@@ -79,8 +80,7 @@ def test_a_world_rebuilt_without_a_sync_loads_the_commit_for_the_new_size():
 def test_without_the_scaling_rule_a_world_change_leaves_the_learning_rate():
     trainer = _trainer()
     trainer.ctx.scale_lr = False  # as scale_lr=False sets it
-    trainer.callbacks.on_train_begin(trainer.ctx)
-    state = ElasticState(trainer.ctx, trainer._model_specs, trainer._after_elastic_load)
+    state = _started(trainer)
     state.save()
     state._committed["world_size"] = 4
     state.restore()
