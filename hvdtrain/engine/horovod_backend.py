@@ -3,13 +3,16 @@ so the core imports neither Horovod nor a framework."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from hvdtrain.core import job_reports
 from hvdtrain.core.distributed import local_slot
 from hvdtrain.core.elastic import ElasticState
+from hvdtrain.engine.reporting import reporter_from_env
 from hvdtrain.engine.watchdog import Watchdog, start_heartbeat, timeout_from_env
 
 T = TypeVar("T")
@@ -40,8 +43,17 @@ class HorovodBackendBase:
         self.hvd = hvd
         self._elastic_state_base = elastic_state_base
         if HorovodBackendBase._watchdog is None:
-            HorovodBackendBase._watchdog = Watchdog(hvd.rank(), timeout_from_env())
+            HorovodBackendBase._watchdog = self._start_watching()
         start_heartbeat()
+
+    def _start_watching(self) -> Watchdog:
+        """This process's watchdog, and its reports to ``hvdtrain run`` (when it started the job)."""
+        watchdog = Watchdog(self.hvd.rank(), timeout_from_env())
+        reporter = reporter_from_env(lambda: self.hvd.rank(), watchdog.waiting)
+        if reporter is not None:
+            watchdog.on_timeout = functools.partial(reporter.failed, job_reports.COLLECTIVE_TIMEOUT)
+            reporter.start()
+        return watchdog
 
     # Read live: elastic training rebuilds the world under a running backend.
 

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 TIMEOUT_ENV = "HVDTRAIN_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
@@ -44,11 +44,14 @@ class Watchdog:
     Args:
         rank: this process's rank, for the message.
         timeout: seconds one collective may wait; None disables the watchdog.
+        on_timeout: called with what waited and the message just before the process ends (to tell
+            ``hvdtrain run``).
     """
 
-    def __init__(self, rank: int, timeout: float | None) -> None:
+    def __init__(self, rank: int, timeout: float | None, on_timeout: Callable[[str, str], None] | None = None) -> None:
         self.rank = rank
         self.timeout = timeout
+        self.on_timeout = on_timeout
         self._waiting: tuple[str, float] | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -68,6 +71,12 @@ class Watchdog:
             with self._lock:
                 self._waiting = None
 
+    def waiting(self) -> tuple[str, float] | None:
+        """What this rank waits in now, and for how many seconds; None outside a watched wait."""
+        with self._lock:
+            waiting = self._waiting
+        return None if waiting is None else (waiting[0], time.monotonic() - waiting[1])
+
     def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="hvdtrain-watchdog", daemon=True)
@@ -83,13 +92,15 @@ class Watchdog:
                 self._end(*waiting)
 
     def _end(self, what: str, since: float) -> None:
-        sys.stderr.write(
-            f"[hvdtrain rank {self.rank}] ERROR: {what} has waited {time.monotonic() - since:.0f} s for the other "
-            f"ranks (collective timeout {self.timeout:g} s): some rank stopped making progress (deadlocked, "
-            "stopped, or its host was lost). Ending rank "
-            f"{self.rank} so the job stops instead of hanging. Horovod's stall warnings above, if any, name the "
-            f"ranks it was missing. To allow longer waits, set {TIMEOUT_ENV} (seconds; 0 turns this off).\n")
+        message = (f"{what} has waited {time.monotonic() - since:.0f} s for the other ranks (collective timeout "
+                   f"{self.timeout:g} s): some rank stopped making progress (deadlocked, stopped, or its host was "
+                   "lost); `hvdtrain run` names the ranks that did not join")
+        sys.stderr.write(f"[hvdtrain rank {self.rank}] ERROR: {message}. Ending rank {self.rank} so the job stops "
+                         f"instead of hanging. To allow longer waits, set {TIMEOUT_ENV} (seconds; 0 turns this "
+                         "off).\n")
         sys.stderr.flush()
+        if self.on_timeout is not None:
+            self.on_timeout(what, message)
         os._exit(HANG_EXIT_CODE)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hvdtrain.core import job_reports
 from hvdtrain.core.distributed import LOCAL_SLOT_HOSTS
 from hvdtrain.launcher.allocation import Allocation, slurm_allocation
 from hvdtrain.launcher.config import RunOptions
@@ -31,8 +32,10 @@ from hvdtrain.launcher.elastic import (
     shared_local_host_warnings,
 )
 from hvdtrain.launcher.errors import LaunchError
+from hvdtrain.launcher.horovodrun import BIND_ENV as RENDEZVOUS_BIND_ENV
 from hvdtrain.launcher.hosts import Host, HostError, format_hosts, parse_hostfile, parse_hosts, processes_per_host
 from hvdtrain.launcher.hosts import total_slots as count_slots
+from hvdtrain.launcher.network import JobNetwork
 
 # Environment variables exported to every worker by mpirun (horovodrun exports the whole environment).
 PASSTHROUGH_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -107,6 +110,29 @@ class LaunchPlan:
     allocation: Allocation | None = None
     warnings: tuple[str, ...] = ()
     discovery_script: GeneratedScript | None = None
+    interfaces: tuple[str, ...] = ()  # the job's network interfaces, as given (or lo for local elastic jobs)
+
+    @property
+    def elastic(self) -> bool:
+        return self.discovery_script is not None or "--host-discovery-script" in self.argv
+
+    def for_execution(self, network: JobNetwork, python: str) -> LaunchPlan:
+        """The plan to execute once the job's address is known.
+
+        mpirun exports the workers' report variables (``hvdtrain.core.job_reports``; horovodrun
+        exports the whole environment). A Gloo job's horovodrun runs through
+        ``hvdtrain.launcher.horovodrun``, which binds the rendezvous server to the job's address, and a
+        multi-host one is told the interface of that address (its workers connect to it).
+        """
+        if self.launcher == "mpirun":
+            exports = [flag for name in (job_reports.ADDRESS_ENV, job_reports.TOKEN_ENV) for flag in ("-x", name)]
+            return replace(self, argv=[self.argv[0], *exports, *self.argv[1:]])
+        if self.controller != "gloo" or len(self.interfaces) > 1:
+            return self
+        argv = [python, "-m", "hvdtrain.launcher.horovodrun", *self.argv[1:]]
+        if network.interface and not self.interfaces:
+            argv[3:3] = ["--network-interface", network.interface]
+        return replace(self, argv=argv, env={**self.env, RENDEZVOUS_BIND_ENV: network.address})
 
     def shell(self) -> str:
         """The plan as one copy-pasteable shell line."""
@@ -335,12 +361,14 @@ def build_plan(options: RunOptions, script: str, script_args: list[str], machine
     warnings = gpu_warnings(np, hosts, machine.gpus)
     if launcher == "mpirun":
         argv = _mpirun_argv(executable, options, np, hosts, scheduler, machine, yield_idle, user_env, settings)
-        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle, allocation, warnings)
+        return LaunchPlan([*argv, *program], {}, launcher, controller, np, hosts, yield_idle, allocation, warnings,
+                          interfaces=tuple(options.network_interface))
     if options.mpi_args and controller == "gloo":
         raise LaunchError("mpi_args only apply to the MPI controller; drop them or use --mpi")
     argv = _horovodrun_argv(executable, options, np, hosts, controller, yield_idle, settings)
     env = {name: value for name, value in user_env.items() if value is not None}
-    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle, allocation, warnings)
+    return LaunchPlan([*argv, *program], env, launcher, controller, np, hosts, yield_idle, allocation, warnings,
+                      interfaces=tuple(options.network_interface))
 
 
 def gpu_warnings(np: int | None, hosts: list[Host] | None, gpus: int) -> tuple[str, ...]:
@@ -390,7 +418,7 @@ def _elastic_plan(options: RunOptions, program: list[str], hosts: list[Host] | N
     # Each worker runs under its agent, which ends it when it stops beating (hvdtrain.launcher.agent).
     supervised = [machine.python, "-m", "hvdtrain.launcher.agent", *program]
     return LaunchPlan([*argv, *supervised], env, "horovodrun", "gloo", np, hosts, False, allocation, warnings,
-                      discovery.generated)
+                      discovery.generated, tuple(interfaces))
 
 
 def _user_discovery(options: RunOptions, hosts: list[Host] | None, cwd: str | os.PathLike | None

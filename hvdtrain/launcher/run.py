@@ -13,14 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from hvdtrain.core.job_reports import COLLECTIVE_TIMEOUT
+from hvdtrain.engine.watchdog import HANG_EXIT_CODE
 from hvdtrain.launcher.command import LaunchPlan, Machine, build_plan, detect_machine
 from hvdtrain.launcher.config import load_config, merge
 from hvdtrain.launcher.elastic import GeneratedScript
+from hvdtrain.launcher.errors import LaunchError
+from hvdtrain.launcher.monitor import JobMonitor
+from hvdtrain.launcher.network import job_network
 from hvdtrain.launcher.reach import check_reachable, remote_shell
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # After a forwarded signal, how long the launcher gets to stop its workers before they are killed.
 GRACE_SECONDS = 20.0
+# After a worker reported a failure, how long the launcher gets to end the job itself.
+FAILURE_GRACE_ENV = "HVDTRAIN_FAILURE_GRACE"
+FAILURE_GRACE_SECONDS = 30.0
 
 
 def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], config_path: str | None = None,
@@ -57,8 +65,14 @@ def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) 
         if plan.discovery_script:
             print(describe_generated(plan.discovery_script), file=out, flush=True)
         return 0
-    with written(plan.discovery_script):
-        return execute(plan.argv, plan.env)
+    network = job_network(plan.hosts, plan.interfaces)
+    monitor = JobMonitor(network.address, elastic=plan.elastic, size=None if plan.elastic else plan.np)
+    plan = plan.for_execution(network, sys.executable)
+    try:
+        with written(plan.discovery_script):
+            return execute(plan.argv, plan.env, monitor=monitor)
+    finally:
+        monitor.close()
 
 
 def describe_generated(script: GeneratedScript) -> str:
@@ -88,7 +102,8 @@ def written(script: GeneratedScript | None) -> Iterator[None]:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
-def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_seconds: float = GRACE_SECONDS) -> int:
+def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_seconds: float = GRACE_SECONDS,
+            monitor: JobMonitor | None = None, failure_grace: float | None = None) -> int:
     """Run the launcher in its own process group and wait for it.
 
     SIGINT, SIGTERM and SIGHUP received here are forwarded to the launcher, which stops its
@@ -96,42 +111,84 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
     SIGKILL for the launcher's whole session (its own new session, so nothing else is touched).
     Whatever is left in that session when the launcher exits is killed too.
 
+    With a ``monitor``, a worker's reported failure gives the launcher ``failure_grace`` seconds
+    (``HVDTRAIN_FAILURE_GRACE``) to end the job; then its session is killed the same way.
+
     Returns:
-        The launcher's exit status, or 128 + N when it died from signal N.
+        The launcher's exit status, or 128 + N when it died from signal N. After a forwarded signal
+        N it is never 0: 128 + N, unless the launcher reported a failure of its own. A job ended
+        because a worker failed returns that worker's status (75 for a collective timeout, else 1).
     """
-    env = {**os.environ, **(env_updates or {})}
+    env = {**os.environ, **(env_updates or {}), **(monitor.env() if monitor else {})}
     proc = subprocess.Popen(argv, env=env, start_new_session=True)
-    received: list[float] = []
+    signals: list[tuple[int, float]] = []
 
     def forward(signum: int, _frame: Any) -> None:
-        if received:
+        if signals:
             _kill_session(proc.pid)
         else:
             _send(proc, signum)
-        received.append(time.monotonic())
+        signals.append((signum, time.monotonic()))
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if in_main_thread else {}
+    grace = failure_grace_seconds() if failure_grace is None else failure_grace
     try:
-        _wait_for_exit(proc.pid, received, grace_seconds)
+        ended_for_failure = _wait_for_exit(proc.pid, signals, grace_seconds, monitor, grace)
         # The launcher has exited but is not reaped yet, so its session id cannot be reused: clean up.
         _kill_session(proc.pid)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     status = proc.wait()
-    return 128 - status if status < 0 else status
+    status = 128 - status if status < 0 else status
+    return _job_status(status, signals, monitor, ended_for_failure)
 
 
-def _wait_for_exit(pid: int, received: list[float], grace_seconds: float) -> None:
-    """Block until ``pid`` exits, without reaping it; kill its group once the grace period is over."""
+def _job_status(status: int, signals: list[tuple[int, float]], monitor: JobMonitor | None,
+                ended_for_failure: bool) -> int:
+    failure = monitor.describe_failure() if monitor else None
+    if failure and (status != 0 or ended_for_failure):
+        print(f"hvdtrain run: {failure}", file=sys.stderr, flush=True)
+    if ended_for_failure:
+        return HANG_EXIT_CODE if monitor.first_failure.report.failure == COLLECTIVE_TIMEOUT else 1
+    if signals and status == 0:  # interrupted: never report success (`hvdtrain run ... && deploy`)
+        return 128 + signals[0][0]
+    return status
+
+
+def failure_grace_seconds(environ: dict[str, str] | None = None) -> float:
+    """``HVDTRAIN_FAILURE_GRACE``: seconds the launcher gets to end a job after a worker failed (default 30)."""
+    value = (os.environ if environ is None else environ).get(FAILURE_GRACE_ENV, "").strip()
+    try:
+        return float(value) if value else FAILURE_GRACE_SECONDS
+    except ValueError:
+        raise LaunchError(f"{FAILURE_GRACE_ENV}={value!r} is not a number of seconds; set it to e.g. 30") from None
+
+
+def _wait_for_exit(pid: int, signals: list[tuple[int, float]], grace_seconds: float, monitor: JobMonitor | None,
+                   failure_grace: float) -> bool:
+    """Block until ``pid`` exits, without reaping it; kill its session once a grace period is over.
+
+    Returns:
+        True when the session was killed because a worker's failure was not followed by the job's end.
+    """
+    ended_for_failure = False
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        if received and time.monotonic() - received[0] > grace_seconds:
+        now = time.monotonic()
+        if signals and now - signals[-1][1] > grace_seconds:
             print(f"hvdtrain: the launcher did not stop {grace_seconds:g} s after the signal; killing the job",
                   file=sys.stderr, flush=True)
             _kill_session(pid)
-            received[0] = time.monotonic()
+            signals.append((signals[0][0], now))
+        failed = monitor.first_failure if monitor else None
+        if failed is not None and not ended_for_failure and now - failed.at > failure_grace:
+            print(f"hvdtrain run: {failed.report.where()} failed and the launcher has not ended the job "
+                  f"{failure_grace:g} s later; ending every process of it", file=sys.stderr, flush=True)
+            _kill_session(pid)
+            ended_for_failure = True
         time.sleep(0.2)
+    return ended_for_failure
 
 
 def _send(proc: subprocess.Popen, signum: int) -> None:

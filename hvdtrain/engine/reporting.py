@@ -1,0 +1,106 @@
+"""A worker's reports to ``hvdtrain run`` (see ``hvdtrain.core.job_reports``): alive once a second, and failed.
+
+Nothing is sent unless the launcher set ``HVDTRAIN_REPORT_ADDRESS``. Reports are UDP datagrams: a
+worker never blocks on them, and a launcher that is gone costs nothing.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from types import TracebackType
+
+from hvdtrain.core import job_reports
+from hvdtrain.core.job_reports import Report
+
+
+class Reporter:
+    """Sends this worker's reports; ``rank`` and ``waiting`` are read live (elastic jobs renumber ranks).
+
+    Args:
+        address: the launcher's (ip, port).
+        token: the job's token.
+        rank: returns this worker's current rank.
+        waiting: returns (what, seconds) of the collective this worker waits in, or None.
+    """
+
+    def __init__(self, address: tuple[str, int], token: str, rank: Callable[[], int],
+                 waiting: Callable[[], tuple[str, float] | None]) -> None:
+        self.address, self.token = address, token
+        self._rank, self._waiting = rank, waiting
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_DGRAM)
+        self.host, self.pid = _host_name(self._socket, address), os.getpid()
+        self._failed = False
+
+    def alive(self) -> None:
+        rank, waiting = self._current_rank(), self._waiting()
+        if rank is not None:  # between two worlds of an elastic job there is no rank to report
+            self._send(Report(rank, self.host, self.pid, waiting=waiting and waiting[0],
+                              waited_s=round(waiting[1], 1) if waiting else 0.0))
+
+    def failed(self, failure: str, waiting: str | None, message: str) -> None:
+        """Say why this worker ends, and what it waited in (three times: a datagram can be lost); only the
+        first failure counts."""
+        if self._failed:
+            return
+        self._failed = True
+        rank = self._current_rank()
+        report = Report(-1 if rank is None else rank, self.host, self.pid, kind=job_reports.FAILED, waiting=waiting,
+                        failure=failure, message=message.strip())
+        for _ in range(3):
+            self._send(report)
+
+    def _current_rank(self) -> int | None:
+        try:
+            return self._rank()
+        except Exception:  # Horovod is shut down between two worlds of an elastic job
+            return None
+
+    def _send(self, report: Report) -> None:
+        try:
+            self._socket.send(job_reports.encode(report, self.token))
+        except OSError:  # the launcher's host is unreachable (a network cut): nobody to tell
+            pass
+
+    def start(self) -> None:
+        """Report alive every ``INTERVAL_S`` from a daemon thread, and report an uncaught exception."""
+        def beat() -> None:
+            while not self._failed:
+                self.alive()
+                time.sleep(job_reports.INTERVAL_S)
+
+        threading.Thread(target=beat, name="hvdtrain-reports", daemon=True).start()
+        previous = sys.excepthook
+
+        def on_uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+            last = traceback.format_exception_only(kind, error)[-1]
+            self.failed(job_reports.EXCEPTION, None, last)
+            previous(kind, error, tb)
+
+        sys.excepthook = on_uncaught
+
+
+def _host_name(sock: socket.socket, address: tuple[str, int]) -> str:
+    """This host's name, and the address it reaches ``address`` from (hosts may share a name)."""
+    name = socket.gethostname()
+    try:
+        sock.connect(address)  # a datagram socket: nothing is sent, the route is chosen
+        source = sock.getsockname()[0]
+    except OSError:
+        return name
+    return name if source.startswith("127.") or source == "::1" else f"{name} {source}"
+
+
+def reporter_from_env(rank: Callable[[], int], waiting: Callable[[], tuple[str, float] | None],
+                      environ: dict[str, str] | None = None) -> Reporter | None:
+    """The reporter ``hvdtrain run`` asked for, or None when this worker was not started by it."""
+    environ = os.environ if environ is None else environ
+    value, token = environ.get(job_reports.ADDRESS_ENV), environ.get(job_reports.TOKEN_ENV)
+    if not value or not token:
+        return None
+    return Reporter(job_reports.parse_address(value), token, rank, waiting)
