@@ -150,3 +150,20 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: flo
             proc.kill()
             raise AssertionError(f"the job never got there:\n{proc.log.read_text()[-5000:]}")
         time.sleep(0.2)
+
+
+def assert_rank_zero_outputs(out: Path, epochs: int) -> None:
+    """Rank 0's files of a digits example run into ``out``: one CSV row per epoch, TensorBoard scalars for
+    every epoch, and the final epoch's checkpoint (whichever processes held rank 0 along the way)."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(out / "metrics.csv", newline="") as f:
+        rows = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert rows == list(range(1, epochs + 1)), f"metrics.csv has the epochs {rows}"
+    events = EventAccumulator(str(out))
+    events.Reload()
+    logged = {event.step for event in events.Scalars("epoch/val_accuracy")}
+    assert logged == set(range(1, epochs + 1)), f"TensorBoard misses the epochs {set(range(1, epochs + 1)) - logged}"
+    assert list((out / "checkpoints").glob(f"*epoch{epochs:04d}*")), sorted((out / "checkpoints").iterdir())

@@ -71,16 +71,8 @@ class TensorBoardLogger(Callback):
         self.log_every_n_steps = log_every_n_steps
         self._writer: Any | None = None
 
-    @rank_zero_only
-    def on_train_begin(self, ctx: TrainContext) -> None:
-        if "tensorflow" not in sys.modules:
-            # tensorboard's file I/O would import all of TensorFlow (seconds, hundreds of MB) into a
-            # PyTorch job; this documented switch makes it use its built-in stub instead.
-            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._writer = EventFileWriter(str(self.log_dir))
+    # The writer is opened by whichever process is rank 0 when there is something to write: under
+    # elastic training the rank-0 role moves to another process when rank 0 is lost.
 
     @rank_zero_only
     def on_batch_end(self, ctx: TrainContext) -> None:
@@ -92,7 +84,6 @@ class TensorBoardLogger(Callback):
         self._scalars({f"epoch/{k}": float(v) for k, v in ctx.logs.items()}, ctx.epoch + 1)
         self._writer.flush()
 
-    @rank_zero_only
     def on_train_end(self, ctx: TrainContext) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -101,9 +92,25 @@ class TensorBoardLogger(Callback):
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
         self.on_train_end(ctx)
 
+    def on_world_change(self, ctx: TrainContext, old_size: int, new_size: int) -> None:
+        if not ctx.is_root:  # rank 0 moved elsewhere: its writer goes on there
+            self.on_train_end(ctx)
+
+    def _open(self) -> Any:
+        if "tensorflow" not in sys.modules:
+            # tensorboard's file I/O would import all of TensorFlow (seconds, hundreds of MB) into a
+            # PyTorch job; this documented switch makes it use its built-in stub instead.
+            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return EventFileWriter(str(self.log_dir))
+
     def _scalars(self, values: dict[str, float], step: int) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        if self._writer is None:
+            self._writer = self._open()
         self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))

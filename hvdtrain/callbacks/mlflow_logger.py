@@ -56,10 +56,12 @@ class MLflowLogger(Callback):
     @rank_zero_only
     def on_epoch_end(self, ctx: TrainContext) -> None:
         metrics = {name: float(value) for name, value in ctx.logs.items() if _is_number(value)}
+        self._continue_run()
         self.mlflow.log_metrics(metrics, step=ctx.epoch + 1)
 
     @rank_zero_only
     def on_train_end(self, ctx: TrainContext) -> None:
+        self._continue_run()
         best = self._best_checkpoint(ctx)
         if best is not None:
             self.mlflow.log_artifact(str(best), artifact_path="checkpoints")
@@ -69,6 +71,20 @@ class MLflowLogger(Callback):
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
         if self.mlflow.active_run() is not None:
             self.mlflow.end_run(status="FAILED")
+
+    def state_dict(self) -> dict[str, Any] | None:
+        # Every rank holds the run id after an elastic sync, so a process that becomes rank 0 goes on logging it.
+        return {"run_id": self.run_id} if self.run_id else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id")
+
+    def _continue_run(self) -> None:
+        """On a process that became rank 0 (elastic training lost rank 0): reopen the job's run."""
+        if self.mlflow.active_run() is None and self.run_id is not None:
+            if self.tracking_uri is not None:
+                self.mlflow.set_tracking_uri(self.tracking_uri)
+            self.mlflow.start_run(run_id=self.run_id)
 
     @staticmethod
     def _best_checkpoint(ctx: TrainContext) -> Any:

@@ -54,3 +54,29 @@ def test_the_workers_own_status_is_passed_on(tmp_path):
 def test_a_bad_timeout_names_the_variable(tmp_path):
     proc, _ = _agent(tmp_path, "run", "0", timeout_s="soon")
     assert proc.returncode != 0 and "HVDTRAIN_HEARTBEAT_TIMEOUT='soon' is not a number" in proc.stderr
+
+
+def test_a_killed_agent_takes_its_worker_with_it(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    pid_file = tmp_path / "worker.pid"
+    agent = subprocess.Popen([sys.executable, "-m", "hvdtrain.launcher.agent", sys.executable, str(worker),
+                              str(pid_file)], cwd=REPO, env={"PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and agent.poll() is None, "the worker did not start"
+        time.sleep(0.1)
+    worker_pid = int(pid_file.read_text())
+    agent.kill()
+    agent.wait()
+    while _running(worker_pid):
+        assert time.monotonic() < deadline, "the worker outlived its agent"
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

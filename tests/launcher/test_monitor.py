@@ -1,0 +1,126 @@
+"""The workers' reports to ``hvdtrain run`` over real loopback sockets, and what the launcher does with them."""
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import textwrap
+import time
+
+import pytest
+
+from hvdtrain.core import job_reports
+from hvdtrain.core.job_reports import Report
+from hvdtrain.engine.reporting import Reporter
+from hvdtrain.launcher.monitor import JobMonitor
+from hvdtrain.launcher.run import execute
+from tests.launch import REPO
+
+
+@pytest.fixture
+def monitor():
+    job = JobMonitor("127.0.0.1", size=3)
+    yield job
+    job.close()
+
+
+def _reporter(monitor: JobMonitor, rank: int, waiting=None) -> Reporter:
+    host, port = job_reports.parse_address(monitor.address)
+    return Reporter((host, port), monitor.token, lambda: rank, lambda: waiting)
+
+
+def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the reports did not arrive"
+        time.sleep(0.05)
+
+
+def test_the_first_failure_is_named_with_the_ranks_that_did_not_join(monitor):
+    collective = "the gradient allreduce of step 6"
+    _reporter(monitor, 1, (collective, 3.0)).alive()
+    _reporter(monitor, 2, None).alive()
+    _until(lambda: len(monitor.latest) == 2)
+    _reporter(monitor, 0).failed(job_reports.COLLECTIVE_TIMEOUT, collective, f"{collective} has waited 10 s")
+    _until(lambda: monitor.first_failure is not None)
+    text = monitor.describe_failure()
+    assert text.startswith(f"rank 0 (host {socket.gethostname()}, pid ")
+    assert f"failed first: {collective} has waited 10 s" in text
+    assert "rank 1" not in text, "rank 1 waited in the same collective: it joined"
+    assert "rank 2 (host" in text and "did not join, in no collective" in text
+
+
+def test_a_silent_rank_and_one_never_heard_from_are_named(monitor):
+    monitor.record(Report(1, "b", 11), at=100.0)
+    monitor.record(Report(0, "a", 10, kind=job_reports.FAILED, failure=job_reports.COLLECTIVE_TIMEOUT,
+                          waiting="x", message="x timed out"), at=124.0)
+    text = monitor.describe_failure()
+    assert "rank 1 (host b, pid 11): silent for 24 s before the failure" in text
+    assert "rank 2: never reported" in text
+
+
+def test_reports_without_the_jobs_token_are_dropped(monitor):
+    host, port = job_reports.parse_address(monitor.address)
+    forged = Report(0, "x", 1, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="forged")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(job_reports.encode(forged, "not-the-token"), (host, port))
+        sender.sendto(b"not json", (host, port))
+    _reporter(monitor, 1).alive()
+    _until(lambda: 1 in monitor.latest)
+    assert monitor.first_failure is None and 0 not in monitor.latest
+
+
+def test_elastic_jobs_end_only_on_an_exception():
+    job = JobMonitor("127.0.0.1", elastic=True)
+    try:
+        job.record(Report(1, "b", 2, kind=job_reports.FAILED, failure=job_reports.COLLECTIVE_TIMEOUT), at=1.0)
+        assert job.first_failure is None  # a lost worker: Horovod's elastic run goes on without it
+        job.record(Report(2, "c", 3, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="E"), at=2.0)
+        assert job.first_failure.report.rank == 2
+    finally:
+        job.close()
+
+
+# A launcher stand-in that ignores the signal hvdtrain run forwards and exits 0 later: an interrupted
+# job must not report success. Or, with "fail", one that reports a worker failure and never ends.
+LAUNCHER = textwrap.dedent("""
+    import os, signal, sys, time
+    from hvdtrain.engine.reporting import reporter_from_env
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    if sys.argv[1] == "fail":
+        reporter_from_env(lambda: 1, lambda: None).failed("exception", None, "ValueError: bad batch")
+    open(sys.argv[2], "w").close()
+    time.sleep(120)
+""")
+
+
+def _launcher(tmp_path, mode):
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    return [sys.executable, str(script), mode, str(tmp_path / "started")]
+
+
+def test_an_interrupted_job_exits_with_128_plus_the_signal_even_if_the_launcher_says_0(tmp_path):
+    import os
+    import threading
+
+    def interrupt():
+        _until(lambda: (tmp_path / "started").exists(), timeout=60)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    assert execute(_launcher(tmp_path, "run"), {"PYTHONPATH": str(REPO)}) == 128 + signal.SIGINT
+
+
+def test_a_reported_failure_ends_a_launcher_that_hangs(tmp_path, capfd):
+    job = JobMonitor("127.0.0.1")
+    start = time.monotonic()
+    try:
+        status = execute(_launcher(tmp_path, "fail"), {"PYTHONPATH": str(REPO)}, monitor=job, failure_grace=2)
+    finally:
+        job.close()
+    assert status == 1
+    assert time.monotonic() - start < 60
+    err = capfd.readouterr().err
+    assert "failed and the launcher has not ended the job 2 s later" in err
+    assert "rank 1 (host" in err and "failed first: ValueError: bad batch" in err
