@@ -11,7 +11,7 @@ import hmac
 import json
 from dataclasses import asdict, dataclass
 
-ADDRESS_ENV = "HVDTRAIN_REPORT_ADDRESS"  # "ip:port" of the launcher's listener
+ADDRESS_ENV = "HVDTRAIN_REPORT_ADDRESS"  # "ip:port[,ip:port]": the launcher's listeners; a report goes to each
 TOKEN_ENV = "HVDTRAIN_REPORT_TOKEN"
 INTERVAL_S = 1.0  # how often a worker reports that it is alive
 
@@ -60,13 +60,16 @@ def decode(data: bytes, token: str) -> Report | None:
         return None
 
 
-def parse_address(value: str) -> tuple[str, int]:
-    """``"ip:port"`` -> (ip, port).
+def parse_addresses(value: str) -> list[tuple[str, int]]:
+    """``"ip:port,ip:port"`` -> [(ip, port), ...].
 
     Raises:
-        ValueError: not an address with a port.
+        ValueError: an entry is not an address with a port.
     """
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{ADDRESS_ENV}={value!r} is not HOST:PORT")
-    return host, int(port)
+    addresses = []
+    for entry in value.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{ADDRESS_ENV}={value!r}: {entry!r} is not HOST:PORT")
+        addresses.append((host, int(port)))
+    return addresses

@@ -22,19 +22,19 @@ class Reporter:
     """Sends this worker's reports; ``rank`` and ``waiting`` are read live (elastic jobs renumber ranks).
 
     Args:
-        address: the launcher's (ip, port).
+        addresses: the launcher's listeners (ip, port): the job's address, then loopback; each report
+            goes to every one (on another machine, loopback reaches nobody).
         token: the job's token.
         rank: returns this worker's current rank.
         waiting: returns (what, seconds) of the collective this worker waits in, or None.
     """
 
-    def __init__(self, address: tuple[str, int], token: str, rank: Callable[[], int],
+    def __init__(self, addresses: list[tuple[str, int]], token: str, rank: Callable[[], int],
                  waiting: Callable[[], tuple[str, float] | None]) -> None:
-        self.address, self.token = address, token
+        self.token = token
         self._rank, self._waiting = rank, waiting
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_DGRAM)
-        self.host, self.pid = _host_name(self._socket, address), os.getpid()
+        self._sockets = [_connected(address) for address in addresses]
+        self.host, self.pid = _host_name(self._sockets[0]), os.getpid()
         self._failed = False
 
     def alive(self) -> None:
@@ -62,10 +62,12 @@ class Reporter:
             return None
 
     def _send(self, report: Report) -> None:
-        try:
-            self._socket.send(job_reports.encode(report, self.token))
-        except OSError:  # the launcher's host is unreachable (a network cut): nobody to tell
-            pass
+        data = job_reports.encode(report, self.token)
+        for sock in self._sockets:
+            try:
+                sock.send(data)
+            except OSError:  # unreachable (a network cut), or nobody listens there: nobody to tell
+                pass
 
     def start(self) -> None:
         """Report alive every ``INTERVAL_S`` from a daemon thread, and report an uncaught exception."""
@@ -85,15 +87,23 @@ class Reporter:
         sys.excepthook = on_uncaught
 
 
-def _host_name(sock: socket.socket, address: tuple[str, int]) -> str:
-    """This host's name, and the address it reaches ``address`` from (hosts may share a name)."""
-    name = socket.gethostname()
+def _connected(address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.connect(address)  # a datagram socket: nothing is sent, the route is chosen
+    except OSError:
+        pass  # no route now; each send says so again
+    return sock
+
+
+def _host_name(sock: socket.socket) -> str:
+    """This host's name, and the address it reaches the launcher from (hosts may share a name)."""
+    name = socket.gethostname()
+    try:
         source = sock.getsockname()[0]
     except OSError:
         return name
-    return name if source.startswith("127.") or source == "::1" else f"{name} {source}"
+    return name if source.startswith(("127.", "0.")) or source == "::1" else f"{name} {source}"
 
 
 def reporter_from_env(rank: Callable[[], int], waiting: Callable[[], tuple[str, float] | None],
@@ -103,4 +113,4 @@ def reporter_from_env(rank: Callable[[], int], waiting: Callable[[], tuple[str, 
     value, token = environ.get(job_reports.ADDRESS_ENV), environ.get(job_reports.TOKEN_ENV)
     if not value or not token:
         return None
-    return Reporter(job_reports.parse_address(value), token, rank, waiting)
+    return Reporter(job_reports.parse_addresses(value), token, rank, waiting)

@@ -17,21 +17,19 @@ exits with the worker's own status. An agent that dies takes its worker with it.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 from hvdtrain.engine.watchdog import EXITING, HANG_EXIT_CODE, HEARTBEAT_FD_ENV
+from hvdtrain.launcher.orphans import dies_with
 
 HEARTBEAT_TIMEOUT_ENV = "HVDTRAIN_HEARTBEAT_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def heartbeat_timeout(environ: dict[str, str] | None = None) -> float:
@@ -53,7 +51,8 @@ def supervise(command: list[str], timeout: float) -> int:
     """Run ``command`` and watch its heartbeats; returns the exit status the agent should have."""
     read_end, write_end = os.pipe()
     env = {**os.environ, HEARTBEAT_FD_ENV: str(write_end)}
-    worker = subprocess.Popen(command, env=env, pass_fds=(write_end,), preexec_fn=_die_with(os.getpid()))
+    worker = subprocess.Popen(command, env=env, pass_fds=(write_end,),
+                              preexec_fn=dies_with(os.getpid(), signal.SIGKILL))
     os.close(write_end)
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, lambda received, _frame: worker.send_signal(received))
@@ -72,21 +71,6 @@ def supervise(command: list[str], timeout: float) -> int:
         if last_beat is not None and not exiting and time.monotonic() - last_beat > timeout:
             _end(worker, time.monotonic() - last_beat, timeout)
             return HANG_EXIT_CODE
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """For the child: be killed when the agent dies (Linux's parent-death signal), even by SIGKILL.
-
-    Otherwise a lost agent leaves its worker running as an orphan, which Horovod never counts as lost.
-    """
-    def arm() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            os._exit(127)
-        if os.getppid() != parent:  # the agent died before the signal was armed
-            os._exit(128 + signal.SIGKILL)
-
-    return arm
 
 
 def _end(worker: subprocess.Popen, silent_s: float, timeout: float) -> None:

@@ -8,6 +8,7 @@ itself (mpirun can hang in its abort after a network cut) and then ends every pr
 from __future__ import annotations
 
 import secrets
+import select
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from hvdtrain.core import job_reports
 from hvdtrain.core.job_reports import Report
 
+LOOPBACK = "127.0.0.1"
 SILENT_AFTER_S = 3 * job_reports.INTERVAL_S  # a worker not heard from for longer has stopped reporting
 
 
@@ -38,11 +40,9 @@ class JobMonitor:
     def __init__(self, address: str, elastic: bool = False, size: int | None = None) -> None:
         self.token = secrets.token_hex(16)
         self.elastic, self.size = elastic, size
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_DGRAM)
-        self._socket.bind((address, 0))
-        self._socket.settimeout(0.5)
-        self.address = f"{address}:{self._socket.getsockname()[1]}"
+        # Workers on this machine also reach it over loopback, which a cut of the job's link leaves working.
+        self._sockets = [_listen(host) for host in dict.fromkeys([address, LOOPBACK])]
+        self.address = ",".join("{}:{}".format(*sock.getsockname()[:2]) for sock in self._sockets)
         self.latest: dict[int, Heard] = {}
         self.first_failure: Heard | None = None
         self._at_failure: dict[int, Heard] = {}  # each rank as last heard when the first failure came
@@ -58,19 +58,20 @@ class JobMonitor:
     def close(self) -> None:
         self._closed = True
         self._thread.join(timeout=2)
-        self._socket.close()
+        for sock in self._sockets:
+            sock.close()
 
     def _receive(self) -> None:
         while not self._closed:
-            try:
-                data = self._socket.recv(job_reports.MAX_DATAGRAM)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            report = job_reports.decode(data, self.token)
-            if report is not None:
-                self.record(report, time.monotonic())
+            ready, _, _ = select.select(self._sockets, [], [], 0.5)
+            for sock in ready:
+                try:
+                    data = sock.recv(job_reports.MAX_DATAGRAM)
+                except OSError:
+                    continue
+                report = job_reports.decode(data, self.token)
+                if report is not None:
+                    self.record(report, time.monotonic())
 
     def record(self, report: Report, at: float) -> None:
         with self._lock:
@@ -125,3 +126,9 @@ class JobMonitor:
                 doing = f"waiting in {heard.report.waiting}" if heard.report.waiting else "in no collective"
                 lines.append(f"{heard.report.where()}: did not join, {doing}")
         return lines
+
+
+def _listen(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock

@@ -21,6 +21,7 @@ from hvdtrain.launcher.elastic import GeneratedScript
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.monitor import JobMonitor
 from hvdtrain.launcher.network import job_network
+from hvdtrain.launcher.orphans import dies_with
 from hvdtrain.launcher.reach import check_reachable, remote_shell
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -120,7 +121,9 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
         because a worker failed returns that worker's status (75 for a collective timeout, else 1).
     """
     env = {**os.environ, **(env_updates or {}), **(monitor.env() if monitor else {})}
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    # SIGTERM when hvdtrain run dies, even by SIGKILL: the launcher then stops its workers.
+    proc = subprocess.Popen(argv, env=env, start_new_session=True,
+                            preexec_fn=dies_with(os.getpid(), signal.SIGTERM))
     signals: list[tuple[int, float]] = []
 
     def forward(signum: int, _frame: Any) -> None:

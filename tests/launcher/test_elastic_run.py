@@ -43,3 +43,39 @@ def test_two_local_workers_run_under_distinct_slot_names(tmp_path):
     assert {host for _rank, _size, host, _slots in reports} == {"127.0.0.1", "127.0.0.01"}, explain(proc)
     assert {slots for *_, slots in reports} == {"127.0.0.1,127.0.0.01"}, explain(proc)
     assert not list(scratch.glob("hvdtrain-elastic-*")), "the discovery script was left behind"
+
+
+# Trains forever on whoever is left, unless the job ends: rank 1 raises at step 5.
+RAISING_WORKER = r"""
+import time
+import horovod.torch as hvd
+from hvdtrain.torch.backend import HorovodBackend
+
+hvd.init()
+backend = HorovodBackend()
+state = hvd.elastic.TorchState(step=0)
+
+
+@hvd.elastic.run
+def train(state):
+    while True:
+        backend.allreduce_sum([1.0])
+        state.step += 1
+        if state.step == 5 and hvd.rank() == 1:
+            raise ValueError("bad batch on rank 1")
+        state.commit()
+        time.sleep(0.1)
+
+
+train(state)
+"""
+
+
+@pytest.mark.timeout(150)
+def test_an_exception_in_a_worker_ends_the_elastic_job_promptly(tmp_path):
+    script = write_script(tmp_path, RAISING_WORKER, "raising_worker.py")
+    proc = hvdtrain("run", "--elastic", "--min-np", "1", "--max-np", "2", "-np", "2", script.name, cwd=tmp_path,
+                    timeout=120, env={"HOROVOD_GLOO_TIMEOUT_SECONDS": "30", "HVDTRAIN_FAILURE_GRACE": "5"})
+    assert proc.returncode == 1, explain(proc)
+    assert re.search(r"hvdtrain run: rank 1 \(host \S+, pid \d+\) failed first: ValueError: bad batch on rank 1",
+                     proc.stderr), explain(proc)

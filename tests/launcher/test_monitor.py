@@ -25,8 +25,7 @@ def monitor():
 
 
 def _reporter(monitor: JobMonitor, rank: int, waiting=None) -> Reporter:
-    host, port = job_reports.parse_address(monitor.address)
-    return Reporter((host, port), monitor.token, lambda: rank, lambda: waiting)
+    return Reporter(job_reports.parse_addresses(monitor.address), monitor.token, lambda: rank, lambda: waiting)
 
 
 def _until(condition, timeout: float = 10.0) -> None:
@@ -60,7 +59,7 @@ def test_a_silent_rank_and_one_never_heard_from_are_named(monitor):
 
 
 def test_reports_without_the_jobs_token_are_dropped(monitor):
-    host, port = job_reports.parse_address(monitor.address)
+    host, port = job_reports.parse_addresses(monitor.address)[0]
     forged = Report(0, "x", 1, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="forged")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.sendto(job_reports.encode(forged, "not-the-token"), (host, port))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 
 import pytest
 
+from hvdtrain.engine.watchdog import HANG_EXIT_CODE
 from tests.launcher.helpers import TIMEOUT, child_env, explain, hvdtrain, worker_lines, write_script
 
 pytestmark = pytest.mark.parallel
@@ -72,8 +74,9 @@ def _alive(pid: int) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize(("flags", "signum"), [([], signal.SIGTERM), (["--gloo"], signal.SIGINT)],
-                         ids=["mpirun-sigterm", "gloo-sigint"])
+@pytest.mark.parametrize(("flags", "signum"), [([], signal.SIGTERM), (["--gloo"], signal.SIGINT),
+                                               ([], signal.SIGKILL)],
+                         ids=["mpirun-sigterm", "gloo-sigint", "mpirun-sigkill"])
 def test_signals_reach_the_workers_and_nothing_is_left_running(tmp_path, flags, signum):
     script = write_script(tmp_path, SLEEPER)
     proc = subprocess.Popen([sys.executable, "-m", "hvdtrain.cli", "run", "-np", "2", *flags, str(script),
@@ -92,6 +95,42 @@ def test_signals_reach_the_workers_and_nothing_is_left_running(tmp_path, flags, 
     finally:
         if proc.poll() is None:
             proc.kill()
+    # 128 + N unless the launcher reported a failure of its own: never 0 (`hvdtrain run ... && deploy`).
+    # A SIGKILLed hvdtrain run cannot forward anything: its launcher gets SIGTERM as it dies.
     assert proc.returncode != 0, output
-    time.sleep(1)
-    assert [pid for pid in pids if _alive(pid)] == [], output
+    deadline = time.monotonic() + 30
+    while [pid for pid in pids if _alive(pid)]:
+        assert time.monotonic() < deadline, f"workers left running: {[pid for pid in pids if _alive(pid)]}\n{output}"
+        time.sleep(0.2)
+
+
+# Rank 1 stops (SIGSTOP) or stays busy outside any collective while rank 0 waits in one; rank 0's
+# watchdog ends it after 5 s.
+STALLING = """
+import os, signal, sys, time
+import horovod.torch as hvd
+from hvdtrain.torch.backend import HorovodBackend
+hvd.init()
+backend = HorovodBackend()
+backend.allreduce_sum([1.0])
+if hvd.rank() == 1:
+    if sys.argv[1] == "stopped":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(120)
+backend.allreduce_sum([1.0])
+"""
+STALL_ENV = {"HVDTRAIN_COLLECTIVE_TIMEOUT": "5", "HVDTRAIN_FAILURE_GRACE": "5"}
+
+
+@pytest.mark.parametrize(("flags", "how"), [([], "stopped"), ([], "busy"), (["--gloo"], "stopped")],
+                         ids=["mpirun-stopped", "mpirun-busy", "gloo-stopped"])
+def test_the_rank_that_did_not_join_is_named_and_the_job_ends(tmp_path, flags, how):
+    # Under Gloo, horovodrun ends rank 0 but waits forever for the stopped rank 1: hvdtrain run ends it.
+    script = write_script(tmp_path, STALLING)
+    proc = hvdtrain("run", "-np", "2", *flags, str(script), how, cwd=tmp_path, env=STALL_ENV, timeout=120)
+    assert proc.returncode == HANG_EXIT_CODE, explain(proc)
+    assert re.search(r"hvdtrain run: rank 0 \(host \S+, pid \d+\) failed first: the collective \S+ has waited",
+                     proc.stderr), explain(proc)
+    expected = (r"rank 1 \(host \S+, pid \d+\): silent for \d+ s before the failure" if how == "stopped" else
+                r"rank 1 \(host \S+, pid \d+\): did not join, in no collective")
+    assert re.search(expected, proc.stderr), explain(proc)

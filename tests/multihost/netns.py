@@ -12,6 +12,12 @@ SUBNET = "198.18.7"
 class Host:
     namespace: str
     address: str
+    link: str  # its end of the veth pair
+
+
+def set_link(host: Host, state: str) -> None:
+    """``up`` or ``down``: cut or restore the network between the two hosts, from ``host``'s side."""
+    _ip("-n", host.namespace, "link", "set", host.link, state)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -20,15 +26,17 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def create_hosts(prefix: str = "hvdt") -> list[Host]:
     """Create two namespaces with one veth end each; returns them. Raises if the kernel refuses."""
-    hosts = [Host(f"{prefix}-a", f"{SUBNET}.1"), Host(f"{prefix}-b", f"{SUBNET}.2")]
+    # Both ends get one name inside their hosts, as the hosts of a cluster usually do.
+    hosts = [Host(f"{prefix}-a", f"{SUBNET}.1", f"{prefix}-net"), Host(f"{prefix}-b", f"{SUBNET}.2", f"{prefix}-net")]
     destroy_hosts(hosts)
     for host in hosts:
         _ip("netns", "add", host.namespace)
     _ip("link", "add", f"{prefix}-va", "type", "veth", "peer", "name", f"{prefix}-vb")
-    for host, link in zip(hosts, (f"{prefix}-va", f"{prefix}-vb")):
-        _ip("link", "set", link, "netns", host.namespace)
-        _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", link)
-        _ip("-n", host.namespace, "link", "set", link, "up")
+    for host, created in zip(hosts, (f"{prefix}-va", f"{prefix}-vb")):
+        _ip("link", "set", created, "netns", host.namespace)
+        _ip("-n", host.namespace, "link", "set", created, "name", host.link)
+        _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", host.link)
+        _ip("-n", host.namespace, "link", "set", host.link, "up")
         _ip("-n", host.namespace, "link", "set", "lo", "up")
     return hosts
 

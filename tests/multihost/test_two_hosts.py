@@ -1,14 +1,17 @@
 """Training across two hosts made of network namespaces: the allreduce crosses a real veth link."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.launch import QUIET_ENV, REPO
-from tests.multihost.netns import create_hosts, destroy_hosts, write_rsh_agent
+from tests.multihost.netns import create_hosts, destroy_hosts, set_link, write_rsh_agent
 
 pytestmark = pytest.mark.parallel
 
@@ -94,3 +97,102 @@ def test_hvdtrain_run_names_the_unreachable_host_before_launching(hosts, tmp_pat
     assert "cannot reach 1 of 1 remote host(s)" in proc.stderr
     assert f"{missing}: rsh agent: unknown host {missing}" in proc.stderr
     assert "--skip-host-check" in proc.stderr
+
+
+# Ranks give up 10 s into a collective the cut left waiting; hvdtrain run gives the launcher 10 s more.
+CUT_ENV = {"HVDTRAIN_COLLECTIVE_TIMEOUT": "10", "HVDTRAIN_FAILURE_GRACE": "10"}
+# The bound on the job's end after the cut: the collective timeout, the grace, and a busy machine's slack.
+CUT_BOUND_S = 10 + 10 + 40
+
+
+def _start_across_the_hosts(hosts, tmp_path):
+    """``hvdtrain run --mpi`` from the first host over both, in the background."""
+    agent = write_rsh_agent(tmp_path / "netns-ssh.sh", hosts)
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("".join(f"{h.address} slots=1\n" for h in hosts))
+    subnet = hosts[0].address.rsplit(".", 1)[0] + ".0/24"
+    mpi_args = (f"--mca plm_rsh_agent {agent} --mca btl self,tcp --mca btl_tcp_if_include {subnet} "
+                f"--mca oob_tcp_if_include {subnet}")
+    out = tmp_path / "run"
+    command = ["ip", "netns", "exec", hosts[0].namespace, sys.executable, "-m", "hvdtrain.cli", "run", "--mpi",
+               "--mpi-args", mpi_args, "--hostfile", str(hostfile), "-np", "2", "examples/pytorch_digits.py",
+               "--epochs", "5000", "--no-progress", "--output-dir", str(out)]
+    env = {**os.environ, **QUIET_ENV, **CUT_ENV}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    return proc, out
+
+
+def _job_processes(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (entry / "cmdline").read_bytes() and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cut_side", [0, 1], ids=["launcher-host-cut", "other-host-cut"])
+def test_a_network_cut_ends_the_job_and_names_the_rank_that_failed(hosts, tmp_path, cut_side):
+    # MPI only: Horovod's Gloo cannot connect across these namespaces (its devices bind 127.0.0.1, plain
+    # horovodrun too); tests/launcher/test_run_parallel.py has the Gloo job that hangs after a failure.
+    proc, out = _start_across_the_hosts(hosts, tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "checkpoints").glob("*epoch0003*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=30)
+            time.sleep(0.2)
+        set_link(hosts[cut_side], "down")
+        try:
+            _stdout, stderr = proc.communicate(timeout=CUT_BOUND_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"hvdtrain run still waited {CUT_BOUND_S} s after the cut") from None
+    finally:
+        set_link(hosts[cut_side], "up")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _job_processes(str(tmp_path)):  # what a failed run left, the other host's daemon included
+            os.kill(pid, 9)
+    assert proc.returncode != 0, stderr[-5000:]
+    named = re.search(r"hvdtrain run: rank (\d) \(host \S+ (198\.18\.\S+), pid \d+\) failed first: .*collective "
+                      r"timeout 10 s", stderr)
+    assert named, stderr[-5000:]
+    assert named[2] == hosts[int(named[1])].address, "the rank is named with its own host's address"
+    deadline = time.monotonic() + 10
+    while _job_processes(str(tmp_path)):
+        assert time.monotonic() < deadline, f"processes of the job are left: {_job_processes(str(tmp_path))}"
+        time.sleep(0.2)
+
+
+# Run on one host: the rendezvous server must refuse that host's own non-loopback address.
+RENDEZVOUS_PROBE = r"""
+import os, socket, sys
+import horovod.torch as hvd
+hvd.init()
+port = int(os.environ["HOROVOD_GLOO_RENDEZVOUS_PORT"])
+def answer(address):
+    try:
+        socket.create_connection((address, port), timeout=5).close()
+        return "open"
+    except ConnectionRefusedError:
+        return "refused"
+if hvd.rank() == 0:
+    print(f"RENDEZVOUS {os.environ['HOROVOD_GLOO_RENDEZVOUS_ADDR']} loopback={answer('127.0.0.1')} "
+          f"network={answer(sys.argv[1])}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("flags", [["--gloo", "-np", "2"], ["--elastic", "--min-np", "1", "-np", "2"]],
+                         ids=["gloo", "elastic"])
+def test_a_one_host_jobs_rendezvous_server_refuses_the_network(hosts, tmp_path, flags):
+    probe = tmp_path / "probe.py"
+    probe.write_text(RENDEZVOUS_PROBE)
+    command = ["ip", "netns", "exec", hosts[0].namespace, sys.executable, "-m", "hvdtrain.cli", "run", *flags,
+               str(probe), hosts[0].address]
+    env = {**os.environ, **QUIET_ENV, "HOROVOD_GLOO_TIMEOUT_SECONDS": "30"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "RENDEZVOUS 127.0.0.1 loopback=open network=refused" in proc.stdout, proc.stdout[-3000:]
