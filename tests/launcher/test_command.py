@@ -12,6 +12,7 @@ from hvdtrain.launcher.command import Machine, build_plan, detect_machine, find_
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host
+from hvdtrain.launcher.network import JobNetwork, job_network
 from tests.launcher.helpers import STALL_SHUTDOWN
 
 PY, HVDRUN, MPIRUN = "/venv/bin/python", "/venv/bin/horovodrun", "/usr/bin/mpirun"
@@ -228,3 +229,35 @@ def test_np_defaults_to_the_gpus_of_this_machine_and_more_workers_than_gpus_warn
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
         (tmp_path / name).touch()
     assert local_gpus(tmp_path) == 2
+
+
+# Executing a plan: where the job listens (hvdtrain.launcher.network) and what that adds to the command.
+
+def test_mpirun_exports_the_report_variables(script):
+    executed = plan(script, np=2).for_execution(JobNetwork("127.0.0.1", None), PY)
+    assert executed.argv[:5] == [MPIRUN, "-x", "HVDTRAIN_REPORT_ADDRESS", "-x", "HVDTRAIN_REPORT_TOKEN"]
+
+
+def test_gloo_runs_horovodrun_with_its_rendezvous_bound_to_the_jobs_address(script):
+    executed = plan(script, np=2, controller="gloo").for_execution(JobNetwork("127.0.0.1", None), PY)
+    assert executed.argv[:5] == [PY, "-m", "hvdtrain.launcher.horovodrun", "-np", "2"]
+    assert executed.env["HVDTRAIN_RENDEZVOUS_ADDRESS"] == "127.0.0.1"
+
+
+def test_a_multi_host_gloo_job_is_told_the_interface_of_its_address(script):
+    base = plan(script, controller="gloo", hosts="node1:1,node2:1")
+    executed = base.for_execution(JobNetwork("10.1.2.3", "ib0"), PY)
+    assert executed.argv[3:5] == ["--network-interface", "ib0"]
+    assert executed.env["HVDTRAIN_RENDEZVOUS_ADDRESS"] == "10.1.2.3"
+    given = plan(script, controller="gloo", hosts="node1:1,node2:1", network_interface=["eth1"])
+    assert given.for_execution(JobNetwork("10.9.9.9", "eth1"), PY).argv.count("--network-interface") == 1
+    several = plan(script, controller="gloo", hosts="node1:1,node2:1", network_interface=["eth1", "eth2"])
+    assert several.for_execution(JobNetwork("10.9.9.9", "eth1"), PY) == several  # no one address to bind
+
+
+def test_the_jobs_address_is_loopback_on_one_machine_and_a_given_interface_must_exist():
+    assert job_network(None, []) == JobNetwork("127.0.0.1", None)
+    assert job_network([Host("localhost", 2)], []) == JobNetwork("127.0.0.1", None)
+    assert job_network(None, ["lo"]) == JobNetwork("127.0.0.1", "lo")
+    with pytest.raises(LaunchError, match="no interface 'nope0' with an IPv4 address"):
+        job_network([Host("node1", 1)], ["nope0"])
