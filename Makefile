@@ -8,6 +8,12 @@ NP ?= 2
 
 .PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu clean doctor slurm-up slurm-down
 
+# Every target that runs something first brings the environment up to date: `make setup` runs again
+# when one of its inputs is newer than the stamp it leaves (and on a fresh clone, which has none).
+SETUP_INPUTS := requirements.txt requirements-dev.txt setup.py pyproject.toml scripts/install_system_deps.sh \
+	scripts/build_horovod.sh
+STAMP := $(VENV)/.hvdtrain-setup
+
 setup:  ## system packages (as root), venv, frameworks, Horovod (cached build), hvdtrain
 	bash scripts/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,33 +21,37 @@ setup:  ## system packages (as root), venv, frameworks, Horovod (cached build), 
 	PYTHON=$(PY) bash scripts/build_horovod.sh
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VENV)/bin/hvdtrain doctor
+	touch $(STAMP)
 
-test: lint  ## the whole suite: lint, unit tests, multi-process tests under horovodrun/mpirun (GPU tests deselected)
+$(STAMP): $(SETUP_INPUTS)
+	$(MAKE) --no-print-directory setup
+
+test: $(STAMP) lint  ## the whole suite: lint, unit tests, multi-process tests under horovodrun/mpirun (GPU tests deselected)
 	$(PY) -m pytest tests -m "not gpu"
 
-test-gpu:  ## the GPU suite (needs an NVIDIA GPU and Horovod built with NCCL; fails without them)
+test-gpu: $(STAMP)  ## the GPU suite (needs an NVIDIA GPU and Horovod built with NCCL; fails without them)
 	$(PY) -m pytest tests -m gpu
 
-unit:
+unit: $(STAMP)
 	$(PY) -m pytest tests -m "not parallel and not gpu"
 
-parallel:
+parallel: $(STAMP)
 	$(PY) -m pytest tests -m "parallel and not gpu"
 
-lint:  ## ruff on Python, hadolint on every Dockerfile (docker/ and templates)
+lint: $(STAMP)  ## ruff on Python, hadolint on every Dockerfile (docker/ and templates)
 	$(VENV)/bin/ruff check hvdtrain tests examples benchmarks
 	find docker hvdtrain/templates -name 'Dockerfile*' -print0 | xargs -0 -r $(VENV)/bin/hadolint
 
-demo:  ## the main job: 2-worker PyTorch training on the bundled digits data set
+demo: $(STAMP)  ## the main job: 2-worker PyTorch training on the bundled digits data set
 	$(VENV)/bin/hvdtrain run -np $(NP) examples/pytorch_digits.py --epochs 30 --output-dir runs/demo
 
-doctor:
+doctor: $(STAMP)
 	$(VENV)/bin/hvdtrain doctor
 
-bench:  ## throughput benchmarks; writes docs/performance.md and docs/performance.png
+bench: $(STAMP)  ## throughput benchmarks; writes docs/performance.md and docs/performance.png
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
 
-bench-gpu:  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md
+bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md
 	$(HOROVODRUN) -np 1 $(PY) -m benchmarks.gpu
 
 slurm-up:  ## as root: a real one-node Slurm on this host (installs slurm-wlm and munge if missing)

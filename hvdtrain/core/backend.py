@@ -26,6 +26,9 @@ class Backend(Protocol):
     def local_rank(self) -> int: ...
 
     @property
+    def local_size(self) -> int: ...
+
+    @property
     def elastic(self) -> bool:
         """Whether workers may leave and join (then training runs through ``run_elastic``)."""
 

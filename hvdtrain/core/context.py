@@ -94,6 +94,12 @@ class TrainContext:
         """Launched elastic (``hvdtrain run --elastic``): rank 0's state spreads at each sync, not at start."""
         return bool(getattr(self.backend, "elastic", False))
 
+    def count_batch(self, local_samples: int, global_samples: int, updated: bool) -> None:
+        """A training batch finished: this rank's ``local_samples`` of the ``global_samples`` of all ranks;
+        ``updated``: it ended an optimizer step. The one rule both loop drivers count by."""
+        self.sample_count += local_samples
+        self.progress.finish_batch(global_samples, updated)
+
     def request_stop(self, reason: str) -> None:
         """Ask to stop. The loop acts on it at the next agreement (the epoch's end)."""
         self._stop_wish = True

@@ -52,9 +52,11 @@ class ElasticState:
         self.check_host_updates()
 
     def due_after_batch(self) -> bool:
-        """Whether the batch just finished ends a commit interval: an optimizer step, training going on."""
-        ctx, every = self.ctx, self.commit_every_n_steps
-        return bool(every) and ctx.outcome.updated and ctx.global_step % every == 0 and not ctx.stop_training
+        """Whether the batch just finished ends a commit interval: an optimizer step, training going on, and
+        not the epoch's last batch (the epoch's end commits; a rollback there would skip the epoch's end)."""
+        ctx, every, last = self.ctx, self.commit_every_n_steps, self.ctx.steps_per_epoch
+        return (bool(every) and ctx.outcome.updated and ctx.global_step % every == 0 and not ctx.stop_training
+                and (last is None or ctx.progress.batches_done < last))
 
     def due_after_epoch(self) -> bool:
         """Whether to commit at the end of the epoch just finished: another epoch follows."""

@@ -85,8 +85,7 @@ class EpochLoop:
 
     def _end_batch(self, ctx: TrainContext, local_samples: int, global_size: int, outcome: StepOutcome) -> bool:
         """Count the batch and run the batch-end hooks; True when training must stop."""
-        ctx.sample_count += local_samples
-        ctx.progress.finish_batch(global_size, outcome.updated)
+        ctx.count_batch(local_samples, global_size, outcome.updated)
         ctx.outcome = outcome
         ctx.logs = {"loss": outcome.loss}
         self.callbacks.on_batch_end(ctx)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from hvdtrain.core.agreement import check_ranks_agree
 from hvdtrain.core.state_codec import decode_state, encode_state
+from hvdtrain.tensorflow.backend import TensorFlowBackend, default_backend
 from hvdtrain.tensorflow.schedule import learning_rate_owner
 
 STATE_FORMAT = "hvdtrain.tensorflow/1"
@@ -31,7 +32,7 @@ class TensorFlowAdapter:
 
     name = "tensorflow"
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: TensorFlowBackend) -> None:
         self.backend = backend
 
     def broadcast_state(self, model: keras.Model, optimizer: Any, root: int = 0) -> None:
@@ -121,16 +122,14 @@ class TensorFlowAdapter:
         return {"tensorflow": tf.__version__, "keras": keras.__version__, "horovod": version("horovod")}
 
 
-def broadcast_state(model: keras.Model, optimizer: Any = None, backend: Any = None,
+def broadcast_state(model: keras.Model, optimizer: Any = None, backend: TensorFlowBackend | None = None,
                     root: int = 0) -> None:
     """Make every rank's model (and optimizer) state equal to ``root``'s. Call before the first step.
 
     For hand-written loops; ``Trainer`` and ``fit`` do this for you.
     """
     if backend is None:
-        from hvdtrain.tensorflow.backend import HorovodBackend
-
-        backend = HorovodBackend()
+        backend = default_backend()
     TensorFlowAdapter(backend).broadcast_state(model, optimizer, root)
 
 

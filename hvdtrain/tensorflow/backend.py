@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import horovod.tensorflow as hvd
 import tensorflow as tf
@@ -15,6 +15,7 @@ from horovod.common.elastic import State as HorovodState
 from horovod.common.elastic import run_fn
 from horovod.common.exceptions import HorovodInternalError
 
+from hvdtrain.core.backend import Backend
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
 from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
@@ -22,6 +23,18 @@ from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
 log = logging.getLogger("hvdtrain")
 T = TypeVar("T")
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+
+
+class TensorFlowBackend(Backend, Protocol):
+    """What the TensorFlow adapter asks of a backend beyond the core's collectives (``HorovodBackend``,
+    ``SerialBackend``; ``tests/test_backend_contract.py`` checks both)."""
+
+    def grouped_allreduce(self, tensors: list[tf.Tensor], compression: str, prescale_factor: float,
+                          postscale_factor: float) -> list[tf.Tensor]:
+        """Sum tensors of one dtype over ranks in one collective, scaled before and after; eager or traced."""
+
+    def broadcast_variables(self, variables: list[tf.Variable], root: int = 0) -> None:
+        """Assign ``root``'s values to ``variables`` on every rank."""
 
 
 class HorovodBackend(HorovodBackendBase):
@@ -80,6 +93,11 @@ def _restart_horovod() -> None:
     """Rebuild Horovod's world after a lost or added worker (what horovod.tensorflow's elastic run does)."""
     hvd.shutdown()
     hvd.init()
+
+
+def default_backend() -> TensorFlowBackend:
+    """The backend of a Horovod job, for the adapters' ``backend=None`` (call ``init()`` first)."""
+    return HorovodBackend()
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:

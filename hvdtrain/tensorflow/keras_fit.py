@@ -18,7 +18,15 @@ from hvdtrain.core.elastic import ElasticState
 from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import Progress, StepOutcome
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, state_variables, variable_specs
-from hvdtrain.tensorflow.data import ShardedArrays, as_arrays, check_elastic_input, contiguous_shard, take
+from hvdtrain.tensorflow.backend import default_backend
+from hvdtrain.tensorflow.data import (
+    ShardedArrays,
+    agreed_dataset_steps,
+    as_arrays,
+    check_elastic_input,
+    contiguous_shard,
+    take,
+)
 from hvdtrain.tensorflow.optimizer import is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.schedule import drive_keras_schedule
@@ -65,9 +73,7 @@ class KerasBridge(keras.callbacks.Callback):
                  data: ShardedArrays | None = None, validation_samples: int | None = None) -> None:
         super().__init__()
         if backend is None:
-            from hvdtrain.tensorflow.backend import HorovodBackend
-
-            backend = HorovodBackend()
+            backend = default_backend()
         callbacks = list(callbacks)
         if not any(isinstance(c, BroadcastInitialState) for c in callbacks):
             callbacks.append(BroadcastInitialState())
@@ -208,15 +214,8 @@ class KerasBridge(keras.callbacks.Callback):
         self.callbacks.on_batch_end(ctx)
         if ctx.stop_training:
             self.model.stop_training = True
-        if self._commit_due(ctx):
+        if self.elastic_state is not None and self.elastic_state.due_after_batch():
             self.elastic_state.commit()
-
-    def _commit_due(self, ctx: TrainContext) -> bool:
-        """Whether elastic training commits after this batch: every ``commit_every_n_steps`` optimizer steps,
-        except at the epoch's last batch (its end commits; a rollback there would skip the epoch's end)."""
-        last = ctx.steps_per_epoch
-        return (self.elastic_state is not None and self.elastic_state.due_after_batch()
-                and (last is None or ctx.progress.batches_done < last))
 
     def _count_batches(self, ctx: TrainContext, last: int) -> None:
         """Advance the progress through batch ``last`` of the epoch; one update every ``passes`` batches."""
@@ -225,8 +224,7 @@ class KerasBridge(keras.callbacks.Callback):
         while True:
             local, global_size = self._step_size(progress.batch)
             updated = (progress.micro_batches + 1) % passes == 0
-            progress.finish_batch(global_size, updated)
-            ctx.sample_count += local
+            ctx.count_batch(local, global_size, updated)
             if progress.batch >= last:
                 break
             progress.start_batch()
@@ -317,9 +315,7 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
     """
     o = TrainingOptions.merged(options, overrides, "fit")
     if backend is None:
-        from hvdtrain.tensorflow.backend import HorovodBackend
-
-        backend = HorovodBackend()
+        backend = default_backend()
     check_elastic_input(backend, x=x, validation_data=validation_data)
     _prepare_model(model, backend, o)
     hvd_callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.Callback)]
@@ -461,7 +457,7 @@ def _training_input(model: keras.Model, x: Any, y: Any, backend: Backend, batch_
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("with a tf.data.Dataset as x, the targets come from the dataset: pass y=None")
-        return _DatasetInput(x, _agreed_steps(x, backend, steps_per_epoch))
+        return _DatasetInput(x, agreed_dataset_steps(x, backend, steps_per_epoch, name="x"))
     if y is None:
         raise ValueError("pass targets y with array inputs (or a tf.data.Dataset of (x, y) as x)")
     x = tuple(x) if isinstance(x, list) else x
@@ -469,18 +465,6 @@ def _training_input(model: keras.Model, x: Any, y: Any, backend: Backend, batch_
     if not model.built:
         model(take(data.arrays[0], np.arange(1)))
     return _ArrayInput(data)
-
-
-def _agreed_steps(dataset: tf.data.Dataset, backend: Backend, steps: int | None) -> int:
-    if steps is None:
-        count = int(dataset.cardinality())
-        if count < 0:
-            raise ValueError("the dataset's length is unknown: pass steps_per_epoch= (the same on every rank)")
-        steps = count
-    fewest = min(backend.allgather_object(int(steps)))
-    if fewest < 1:
-        raise ValueError("some rank's dataset has no batches; shard before batching and check the data size")
-    return fewest
 
 
 def _validation_input(validation_data: Any, backend: Backend, batch_size: int) -> tuple[Any, int | None]:

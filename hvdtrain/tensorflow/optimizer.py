@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from hvdtrain.core.options import COMPRESSIONS
+from hvdtrain.tensorflow.backend import TensorFlowBackend, default_backend
 from hvdtrain.tensorflow.schedule import ScaledSchedule, learning_rate_owner, scale_learning_rate
 
 _OPS = ("average", "sum")
@@ -48,7 +49,7 @@ class GradientReducer:
         if self.predivide <= 0:
             raise ValueError(f"gradient_predivide_factor must be > 0 (got {self.predivide})")
 
-    def reduce(self, tensors: Sequence[Any], backend: Any) -> list[Any]:
+    def reduce(self, tensors: Sequence[Any], backend: TensorFlowBackend) -> list[Any]:
         """Allreduce every non-None tensor through ``backend``; works eagerly and in a ``tf.function``.
 
         ``tf.IndexedSlices`` (embedding gradients) are made dense first. None
@@ -76,7 +77,7 @@ class _DistributedOptimizer:
     """Mixin put in front of the user's optimizer class by ``DistributedOptimizer``."""
 
     _hvd_reducer: GradientReducer
-    _hvd_backend: Any
+    _hvd_backend: TensorFlowBackend
     _hvd_passes: int
     _hvd_clip_norm: float | None = None
     _hvd_scale_lr: bool = False
@@ -249,8 +250,9 @@ def _clipped(grads: list[Any], clip_norm: float | None) -> list[Any]:
     return [None if g is None else next(present) for g in grads]
 
 
-def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any = None, compression: str = "none",
-                         backward_passes_per_step: int = 1, op: str = "average", scale_lr: bool = True,
+def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: TensorFlowBackend | None = None,
+                         compression: str = "none", backward_passes_per_step: int = 1, op: str = "average",
+                         scale_lr: bool = True,
                          gradient_predivide_factor: float = 1.0,
                          clip_norm: float | None = None) -> keras.optimizers.Optimizer:
     """Make ``optimizer`` average its gradients across workers before applying them.
@@ -294,9 +296,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer, *, backend: Any 
         raise ValueError("the optimizer already accumulates gradients (gradient_accumulation_steps); "
                          "use backward_passes_per_step here instead, not both")
     if backend is None:
-        from hvdtrain.tensorflow.backend import HorovodBackend
-
-        backend = HorovodBackend()
+        backend = default_backend()
     scale_learning_rate(optimizer, backend.size if scale_lr else 1)
     optimizer.__class__ = _distributed_class(type(optimizer))
     optimizer._hvd_reducer = reducer

@@ -7,13 +7,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from hvdtrain.tensorflow.backend import TensorFlowBackend, default_backend
 from hvdtrain.tensorflow.optimizer import GradientReducer, is_distributed
 
 LossFn = Callable[[Any, Any], Any]
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: LossFn, *,
-                    reducer: GradientReducer | None = None, backend: Any = None) -> Callable[[Any, Any], tf.Tensor]:
+                    reducer: GradientReducer | None = None, backend: TensorFlowBackend | None = None
+                    ) -> Callable[[Any, Any], tf.Tensor]:
     """A ``tf.function`` ``step(x, y) -> loss`` for a hand-written ``tf.GradientTape`` loop.
 
     Gradients are averaged across workers with one grouped allreduce
@@ -38,9 +40,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, l
     reducer = reducer or GradientReducer()
     distributed = is_distributed(optimizer)
     if backend is None and not distributed:
-        from hvdtrain.tensorflow.backend import HorovodBackend
-
-        backend = HorovodBackend()
+        backend = default_backend()
 
     @tf.function(reduce_retracing=True)
     def step(x: Any, y: Any) -> tf.Tensor:

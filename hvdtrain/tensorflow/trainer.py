@@ -15,6 +15,7 @@ from hvdtrain.core.progress import StepOutcome
 from hvdtrain.core.sharding import ShardedOrder
 from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.tensorflow.adapter import TensorFlowAdapter, build_optimizer, state_variables, variable_specs
+from hvdtrain.tensorflow.backend import TensorFlowBackend, default_backend
 from hvdtrain.tensorflow.data import (
     DatasetBatches,
     ShardedArrays,
@@ -102,13 +103,12 @@ class Trainer(EpochLoop):
     @accepts_options
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: LossFn,
                  train_data: Any, val_data: Any = None, *, metrics: dict[str, LossFn] | None = None,
-                 callbacks: Iterable[Callback] = (), backend: Any = None, steps_per_epoch: int | None = None,
+                 callbacks: Iterable[Callback] = (), backend: TensorFlowBackend | None = None,
+                 steps_per_epoch: int | None = None,
                  options: TrainingOptions | None = None, **overrides: Any) -> None:
         self.options = o = TrainingOptions.merged(options, overrides, "Trainer")
         if backend is None:
-            from hvdtrain.tensorflow.backend import HorovodBackend
-
-            backend = HorovodBackend()
+            backend = default_backend()
         self.backend = backend
         self.adapter = TensorFlowAdapter(backend)
         self.model = model
@@ -225,7 +225,7 @@ class Trainer(EpochLoop):
             raise ValueError(f"validation data must have the structure of train_data ({err})") from err
 
 
-def _training_input(data: Any, backend: Any, o: TrainingOptions,
+def _training_input(data: Any, backend: TensorFlowBackend, o: TrainingOptions,
                     steps_per_epoch: int | None) -> tuple[ShardedArrays | DatasetBatches, tuple[Any, Any]]:
     """This rank's training batches and the compiled steps' ``(x_spec, y_spec)``."""
     if isinstance(data, tf.data.Dataset):
@@ -239,7 +239,7 @@ def _training_input(data: Any, backend: Any, o: TrainingOptions,
     return train, batch_signature(train.arrays)
 
 
-def distributed_optimizer(optimizer: keras.optimizers.Optimizer, backend: Any,
+def distributed_optimizer(optimizer: keras.optimizers.Optimizer, backend: TensorFlowBackend,
                           o: TrainingOptions) -> keras.optimizers.Optimizer:
     """``optimizer`` converted by ``DistributedOptimizer`` as the options say, unless it already is."""
     if is_distributed(optimizer):

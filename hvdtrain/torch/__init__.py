@@ -3,13 +3,8 @@ from hvdtrain.core.options import TrainingOptions
 from hvdtrain.torch.adapter import TorchAdapter, broadcast_state
 from hvdtrain.torch.backend import HorovodBackend, SerialBackend, init
 from hvdtrain.torch.data import DistributedBatchSampler, TensorBatches
-from hvdtrain.torch.optimizer import (
-    DistributedOptimizer,
-    NamedOptimizers,
-    clip_grad_norm,
-    is_distributed,
-    skip_synchronize,
-)
+from hvdtrain.torch.named_optimizers import NamedOptimizers
+from hvdtrain.torch.optimizer import DistributedOptimizer, clip_grad_norm, is_distributed, skip_synchronize
 from hvdtrain.torch.trainer import Trainer, accuracy
 from hvdtrain.torch.updates import ManualOptimization
 

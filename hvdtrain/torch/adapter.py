@@ -13,6 +13,7 @@ import torch
 from hvdtrain.core.agreement import check_ranks_agree
 from hvdtrain.core.checkpoint_io import CheckpointError
 from hvdtrain.core.state_codec import UnsafeCheckpointError, decode_state, encode_state
+from hvdtrain.torch.backend import TorchBackend, default_backend
 
 
 class TorchAdapter:
@@ -26,7 +27,7 @@ class TorchAdapter:
 
     name = "torch"
 
-    def __init__(self, backend: Any, extra_state: dict[str, Any] | None = None) -> None:
+    def __init__(self, backend: TorchBackend, extra_state: dict[str, Any] | None = None) -> None:
         self.backend = backend
         self.extra_state = dict(extra_state or {})
 
@@ -93,16 +94,15 @@ class TorchAdapter:
         return {"torch": torch.__version__, "horovod": version("horovod")}
 
 
-def broadcast_state(model: torch.nn.Module, optimizer: Any = None, backend: Any = None, root: int = 0) -> None:
+def broadcast_state(model: torch.nn.Module, optimizer: Any = None, backend: TorchBackend | None = None,
+                    root: int = 0) -> None:
     """Make every rank's model (and optimizer) state equal to ``root``'s. Call before the first step.
 
     For hand-written loops; ``Trainer`` does this for you. Ranks whose models differ get an error
     naming the first tensor that differs instead of a hang.
     """
     if backend is None:
-        from hvdtrain.torch.backend import HorovodBackend
-
-        backend = HorovodBackend()
+        backend = default_backend()
     TorchAdapter(backend).broadcast_state(model, optimizer, root)
 
 

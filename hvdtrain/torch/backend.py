@@ -7,19 +7,42 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import horovod.torch as hvd
 import torch
 from horovod.common.elastic import State as HorovodState
 
+from hvdtrain.core.backend import Backend
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
 from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
-from hvdtrain.torch.optimizer import by_name, parameters_of
+from hvdtrain.torch.named_optimizers import by_name, parameters_of
 
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
 _OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
+
+
+class TorchBackend(Backend, Protocol):
+    """What the PyTorch adapter asks of a backend beyond the core's collectives (``HorovodBackend``,
+    ``SerialBackend``; ``tests/test_backend_contract.py`` checks both)."""
+
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, *,
+                              compression: str, op: str, backward_passes_per_step: int,
+                              gradient_predivide_factor: float) -> torch.optim.Optimizer:
+        """``optimizer`` with its gradients averaged over ranks, and Horovod's ``synchronize`` API."""
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
+        """Make every rank's model and optimizer state equal to ``root``'s."""
+
+    def start_max(self, tensor: torch.Tensor, name: str) -> Any:
+        """Start an element-wise max over ranks; ``wait(handle)`` returns it."""
+
+    def start_sum(self, tensor: torch.Tensor, name: str) -> Any:
+        """Start an element-wise sum over ranks; ``wait(handle)`` returns it."""
+
+    def wait(self, handle: Any) -> torch.Tensor:
+        """The result of a ``start_max``/``start_sum``."""
 
 
 class HorovodBackend(HorovodBackendBase):
@@ -105,6 +128,11 @@ class _LocalSynchronization:
     @contextlib.contextmanager
     def skip_synchronize(self) -> Iterator[None]:
         yield
+
+
+def default_backend() -> TorchBackend:
+    """The backend of a Horovod job, for the adapters' ``backend=None`` (call ``init()`` first)."""
+    return HorovodBackend()
 
 
 def init(threads_per_worker: int | None = None) -> HorovodBackend:

@@ -15,9 +15,10 @@ from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
 from hvdtrain.engine.loop import EpochLoop
 from hvdtrain.torch.adapter import TorchAdapter, state_specs
-from hvdtrain.torch.backend import default_device
+from hvdtrain.torch.backend import TorchBackend, default_backend, default_device
 from hvdtrain.torch.inputs import ShardedInput, StreamingInput, batch_len, make_input, to_device
-from hvdtrain.torch.optimizer import DistributedOptimizer, NamedOptimizers, by_name, is_distributed
+from hvdtrain.torch.named_optimizers import NamedOptimizers, by_name
+from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
 from hvdtrain.torch.precision import MixedPrecision
 from hvdtrain.torch.schedule import SchedulerDriver
 from hvdtrain.torch.updates import ManualOptimization, OptimizerUpdate
@@ -94,7 +95,8 @@ class Trainer(EpochLoop):
                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, train_data: Any = None,
                  val_data: Any = None, *, training_step: Step | None = None, validation_step: Step | None = None,
                  lr_scheduler: Any = None, metrics: dict[str, Metric] | None = None,
-                 callbacks: Iterable[Callback] = (), backend: Any = None, device: str | torch.device | None = None,
+                 callbacks: Iterable[Callback] = (), backend: TorchBackend | None = None,
+                 device: str | torch.device | None = None,
                  num_workers: int = 0, options: TrainingOptions | None = None, **overrides: Any) -> None:
         self.options = o = TrainingOptions.merged(options, overrides, "Trainer")
         if train_data is None:
@@ -103,9 +105,7 @@ class Trainer(EpochLoop):
             raise TypeError("Trainer() needs loss_fn= for its default step loss_fn(model(x), y), or your own "
                             "training_step=")
         if backend is None:
-            from hvdtrain.torch.backend import HorovodBackend
-
-            backend = HorovodBackend()
+            backend = default_backend()
         self.backend = backend
         self.device = torch.device(device) if device is not None else default_device(backend.local_rank)
         self.model = model.to(self.device)
@@ -373,7 +373,7 @@ class _StreamEnd:
     """Streamed input: whether some rank has no next batch, and the batch's global size, summed over the
     ranks while the step runs and waited for when first needed."""
 
-    def __init__(self, backend: Any, has_next: bool, local: int) -> None:
+    def __init__(self, backend: TorchBackend, has_next: bool, local: int) -> None:
         self.backend = backend
         self._handle = backend.start_sum(torch.tensor([float(not has_next), local], dtype=torch.float64),
                                          "hvdtrain.stream")

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from hvdtrain.torch.optimizer import parameters_of
+from hvdtrain.torch.backend import TorchBackend
+from hvdtrain.torch.named_optimizers import parameters_of
 from hvdtrain.torch.precision import MixedPrecision
 
 
@@ -29,7 +30,7 @@ class OptimizerUpdate:
         device: where the flags live (the model's device).
     """
 
-    def __init__(self, name: str, optimizer: torch.optim.Optimizer, backend: Any, precision: MixedPrecision,
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, backend: TorchBackend, precision: MixedPrecision,
                  clip_norm: float | None, device: torch.device) -> None:
         self.name = name
         self.optimizer = optimizer

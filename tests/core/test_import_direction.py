@@ -125,3 +125,32 @@ def test_core_callbacks_and_engine_import_without_frameworks_horovod_or_yaml():
     out = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def import_cycles() -> list[list[str]]:
+    """Every circle of imports between the package's modules (function-level imports included)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        source = module_name(path).removesuffix(".__init__")
+        graph[source] = {target for _line, target in imports(path)
+                         if target.startswith("hvdtrain.") and target != source}
+    cycles, done = [], set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            cycles.append([*trail[trail.index(module):], module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            visit(target, [*trail, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    return cycles
+
+
+def test_no_module_imports_itself_through_others():
+    cycles = import_cycles()
+    assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)

@@ -31,6 +31,15 @@ def test_a_full_disk_while_saving_fails_every_rank_and_keeps_the_previous_checkp
     assert sorted(p.name for p in directory.iterdir()) == [saved[0].path.name], "no partial or temp file"
 
 
+def test_a_dataset_of_unknown_length_on_one_rank_fails_every_rank_alike():
+    # The ranks agree first (one allgather of the lengths), then all raise: no rank waits for the others.
+    proc = run_workers(TRAIN, ["--api", "fit_dataset", "--rank1-unknown-length", "--epochs", "1", "--expect-error"],
+                       check=False, timeout=120)
+    errors = rank_errors(proc)
+    assert errors[0] == errors[1], errors
+    assert errors[0].startswith("ValueError: x's length is unknown on rank(s) [1]: pass steps_per_epoch="), errors
+
+
 @pytest.mark.parametrize(("launcher", "flags", "expected"), [
     ("horovodrun", ["--api", "trainer", "--rank1-hidden", "17"],
      r"tensor #0 is '[^']*kernel' with shape \(10, 16\) \(float32\) on rank 0 but '[^']*kernel' with shape "

@@ -16,8 +16,9 @@ from tests.probes import hidden_width, make_data, probe_callbacks, run_reporting
 
 def parse_args():
     p = worker_parser()
-    p.add_argument("--api", choices=("trainer", "trainer_dataset", "fit"), default="trainer",
-                   help="trainer_dataset: the Trainer on tf.data shards, rank 0's with more batches")
+    p.add_argument("--api", choices=("trainer", "trainer_dataset", "fit", "fit_dataset"), default="trainer",
+                   help="trainer_dataset, fit_dataset: on tf.data shards, rank 0's with more batches")
+    p.add_argument("--rank1-unknown-length", action="store_true", help="fit_dataset: rank 1's length is unknown")
     p.add_argument("--jit-compile", action="store_true", help="compile the Keras model with XLA (as on a GPU)")
     return p.parse_args()
 
@@ -93,6 +94,17 @@ def run_trainer_dataset(args, backend, model, extra):
 
 
 def run_fit(args, backend, model, extra):
+    return _fit(args, backend, model, extra, *make_data(0), validation_data=make_data(1, 100), batch_size=16)
+
+
+def run_fit_dataset(args, backend, model, extra):
+    train = uneven_shard(make_data(0), backend.rank, 16)
+    if args.rank1_unknown_length and backend.rank == 1:
+        train = train.filter(lambda x, y: True)  # tf.data cannot know this length
+    return _fit(args, backend, model, extra, train)
+
+
+def _fit(args, backend, model, extra, *data, **fit_args):
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=make_loss(args, backend.rank),
@@ -103,8 +115,7 @@ def run_fit(args, backend, model, extra):
         def on_train_begin(self, ctx):
             bridge_holder["ctx"] = ctx
 
-    htf.fit(model, *make_data(0), validation_data=make_data(1, 100), batch_size=16, epochs=args.epochs,
-            callbacks=[*extra, Grab()], verbose=0, **common(args))
+    htf.fit(model, *data, epochs=args.epochs, callbacks=[*extra, Grab()], verbose=0, **fit_args, **common(args))
     ctx = bridge_holder["ctx"]
     return ctx, ctx.history
 
@@ -118,7 +129,8 @@ def main() -> None:
 def train(args, backend) -> None:
     model = build_model(args, backend.rank)
     recorder, extra = probe_callbacks(args)
-    run = {"trainer": run_trainer, "trainer_dataset": run_trainer_dataset, "fit": run_fit}[args.api]
+    run = {"trainer": run_trainer, "trainer_dataset": run_trainer_dataset, "fit": run_fit,
+           "fit_dataset": run_fit_dataset}[args.api]
     ctx, history = run(args, backend, model, extra)
     params = np.concatenate([w.ravel() for w in model.get_weights()])
     report({
