@@ -26,7 +26,7 @@ from hvdtrain.launcher.checks import (
     requirement_problems,
     version_problems,
 )
-from hvdtrain.launcher.command import find_tool
+from hvdtrain.launcher.machine import find_tool
 
 PROBE_TIMEOUT = 180.0
 BUILD_KEY_FILE = "hvdtrain-horovod-build.txt"  # written into sys.prefix by scripts/build_horovod.sh

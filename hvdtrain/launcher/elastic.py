@@ -12,12 +12,19 @@ import os
 import secrets
 import shlex
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hvdtrain.core.distributed import LOCAL_SLOT_HOSTS
 from hvdtrain.launcher import hosts as hosts_module
+from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import LOCAL_NAMES, Host
+from hvdtrain.launcher.hosts import total_slots as count_slots
+from hvdtrain.launcher.machine import Machine
+from hvdtrain.launcher.plan import GeneratedScript, LaunchPlan, horovodrun_argv
+from hvdtrain.launcher.resolve import ALLOCATION_VARIABLES, check_fits_hosts, gpu_warnings, resolve_launcher, split_env
+from hvdtrain.launcher.tuning import horovod_settings
 
 # Seconds a blacklisted host stays out: Horovod waits LOW * 2**(times blacklisted) plus up to LOW more,
 # at most HIGH. 10 100: a lost slot comes back after 20-30 s the first time, after 100 s at most.
@@ -29,14 +36,6 @@ _ZEROS_PER_OCTET = 16
 ELASTIC_ONLY_OPTIONS = {"min_np": "--min-np", "max_np": "--max-np", "host_discovery_script": "--host-discovery-script",
                         "slots_per_host": "--slots-per-host", "elastic_timeout": "--elastic-timeout",
                         "reset_limit": "--reset-limit", "blacklist_cooldown_range": "--blacklist-cooldown-range"}
-
-
-@dataclass(frozen=True)
-class GeneratedScript:
-    """A file ``hvdtrain run`` writes (executable) before the launch and removes after it."""
-
-    path: str
-    text: str
 
 
 def local_slot_hosts(count: int) -> list[str]:
@@ -165,3 +164,96 @@ def hostfile_discovery(hostfile: str, python: str) -> str:
             f"    sys.exit(f'hvdtrain host discovery: {{err}}')\n")
     return (f"{_HEADER}:\n# the hosts of {hostfile}, read again on every call.\n"
             f"exec {shlex.quote(python)} -I -S - <<'PYTHON'\n{code}PYTHON\n")
+
+
+@dataclass(frozen=True)
+class ElasticDiscovery:
+    """Where the hosts of an elastic job come from, and how many workers it runs."""
+
+    sizes: tuple[int, int, int]  # min_np, np, max_np
+    script: str  # the discovery script horovodrun runs
+    generated: GeneratedScript | None = None  # written by hvdtrain run for the job
+    local_slot_hosts: tuple[str, ...] = ()  # this machine's slot names, when it is the only host
+
+
+def elastic_plan(options: RunOptions, program: list[str], hosts: list[Host] | None, machine: Machine,
+                  cwd: str | os.PathLike | None) -> LaunchPlan:
+    """horovodrun in elastic mode: Gloo, and a host discovery script (the user's or one written for the job)."""
+    check_elastic_launch(options.controller, options.launcher)
+    _launcher, executable = resolve_launcher(options, "gloo", machine)
+    if options.mpi_args:
+        raise LaunchError("mpi_args only apply to the MPI controller, and elastic training runs on Gloo; drop them")
+    if options.slots_per_host and not options.host_discovery_script:
+        raise LaunchError("--slots-per-host only applies to --host-discovery-script (the hosts hvdtrain lists carry "
+                          "their slots); drop it")
+    allocation = None
+    if options.host_discovery_script:
+        discovery = _user_discovery(options, hosts, cwd)
+    else:
+        if hosts is None and machine.allocation is not None:
+            allocation, hosts = machine.allocation, machine.allocation.hosts
+        discovery = _local_discovery(options, machine) if hosts is None else _hosts_discovery(options, hosts, machine)
+    env = {name: value for name, value in split_env(options.env, machine.environ).items() if value is not None}
+    interfaces, warnings = options.network_interface, shared_local_host_warnings(hosts or [])
+    if discovery.local_slot_hosts:
+        env[LOCAL_SLOT_HOSTS] = ",".join(discovery.local_slot_hosts)
+        interfaces = interfaces or [LOOPBACK_INTERFACE]
+        warnings = gpu_warnings(discovery.sizes[2], None, machine.gpus)
+    np = discovery.sizes[1]
+    argv = horovodrun_argv(executable, replace(options, network_interface=interfaces), np, None, "gloo", False,
+                            horovod_settings(options), _elastic_flags(options, discovery))
+    # Each worker runs under its agent, which ends it when it stops beating (hvdtrain.launcher.agent).
+    supervised = [machine.python, "-m", "hvdtrain.launcher.agent", *program]
+    return LaunchPlan([*argv, *supervised], env, "horovodrun", "gloo", np, hosts, False, allocation, warnings,
+                      discovery.generated, tuple(interfaces))
+
+
+def _user_discovery(options: RunOptions, hosts: list[Host] | None, cwd: str | os.PathLike | None
+                    ) -> ElasticDiscovery:
+    if hosts is not None:
+        raise LaunchError("give either --host-discovery-script or -H/--hosts/--hostfile, not both: the script "
+                          "lists the hosts of the elastic job")
+    script = check_discovery_script(options.host_discovery_script, cwd)
+    return ElasticDiscovery(elastic_sizes(options.min_np, options.np, options.max_np, None), script)
+
+
+def _hosts_discovery(options: RunOptions, hosts: list[Host], machine: Machine) -> ElasticDiscovery:
+    """A hostfile is read again on every call (editing it adds or removes hosts); -H hosts are a fixed list."""
+    sizes = elastic_sizes(options.min_np, options.np, options.max_np, count_slots(hosts))
+    check_fits_hosts(sizes[1], hosts)
+    if options.hostfile:
+        text = hostfile_discovery(os.path.abspath(options.hostfile), machine.python)
+    else:
+        text = fixed_discovery(hosts, f"the hosts of {'-H' if options.hosts else 'the Slurm allocation'}, a fixed list")
+    path = discovery_path()
+    return ElasticDiscovery(sizes, path, GeneratedScript(path, text))
+
+
+def _local_discovery(options: RunOptions, machine: Machine) -> ElasticDiscovery:
+    """This machine alone, each slot under a name of its own (``local_slot_hosts``): a failure costs one slot."""
+    scheduler = next((name for name in ALLOCATION_VARIABLES if name in machine.environ), None)
+    if scheduler is not None:
+        raise LaunchError(f"--elastic cannot read the hosts of the scheduler's allocation ({scheduler} is set; "
+                          "horovodrun does not read them); list them with --hostfile FILE or -H host:N,..., or give "
+                          "a --host-discovery-script")
+    slots = options.max_np or options.np or machine.gpus or machine.cpu_count
+    sizes = elastic_sizes(options.min_np, options.np, options.max_np, slots)
+    names = local_slot_hosts(sizes[2])
+    text = fixed_discovery([Host(name, 1) for name in names],
+                           "this machine, each slot as a host of its own (docs/launching.md, Elastic training)")
+    path = discovery_path()
+    return ElasticDiscovery(sizes, path, GeneratedScript(path, text), tuple(names))
+
+
+def _elastic_flags(options: RunOptions, discovery: ElasticDiscovery) -> list[str]:
+    min_np, _np, max_np = discovery.sizes
+    flags = ["--min-np", str(min_np), "--max-np", str(max_np), "--host-discovery-script", shlex.quote(discovery.script)]
+    if options.host_discovery_script:
+        flags += ["--slots-per-host", str(options.slots_per_host or 1)]
+    low, high = options.blacklist_cooldown_range or DEFAULT_COOLDOWN_RANGE
+    flags += ["--blacklist-cooldown-range", str(low), str(high)]
+    if options.elastic_timeout is not None:
+        flags += ["--elastic-timeout", str(options.elastic_timeout)]
+    if options.reset_limit is not None:
+        flags += ["--reset-limit", str(options.reset_limit)]
+    return flags

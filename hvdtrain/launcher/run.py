@@ -15,13 +15,14 @@ from typing import Any, TextIO
 
 from hvdtrain.core.job_reports import COLLECTIVE_TIMEOUT
 from hvdtrain.engine.watchdog import HANG_EXIT_CODE
-from hvdtrain.launcher.command import LaunchPlan, Machine, build_plan, detect_machine
+from hvdtrain.launcher.command import build_plan
 from hvdtrain.launcher.config import load_config, merge
-from hvdtrain.launcher.elastic import GeneratedScript
 from hvdtrain.launcher.errors import LaunchError
+from hvdtrain.launcher.machine import Machine, detect_machine
 from hvdtrain.launcher.monitor import JobMonitor
 from hvdtrain.launcher.network import job_network
 from hvdtrain.launcher.orphans import dies_with
+from hvdtrain.launcher.plan import GeneratedScript, LaunchPlan
 from hvdtrain.launcher.reach import check_reachable, remote_shell
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

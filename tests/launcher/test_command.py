@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from hvdtrain.launcher.allocation import Allocation
-from hvdtrain.launcher.command import Machine, build_plan, detect_machine, find_tool, local_gpus, needs_yield
+from hvdtrain.launcher.command import build_plan
 from hvdtrain.launcher.config import RunOptions
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host
+from hvdtrain.launcher.machine import Machine, detect_machine, find_tool, local_gpus
 from hvdtrain.launcher.network import JobNetwork, job_network
+from hvdtrain.launcher.resolve import needs_yield
 from tests.launcher.helpers import STALL_SHUTDOWN
 
 PY, HVDRUN, MPIRUN = "/venv/bin/python", "/venv/bin/horovodrun", "/usr/bin/mpirun"

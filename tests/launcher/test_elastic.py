@@ -13,11 +13,13 @@ import pytest
 
 from hvdtrain.cli import main
 from hvdtrain.launcher.allocation import Allocation
-from hvdtrain.launcher.command import LaunchPlan, Machine, build_plan
+from hvdtrain.launcher.command import build_plan
 from hvdtrain.launcher.config import RunOptions, coerce, load_config, merge
-from hvdtrain.launcher.elastic import GeneratedScript, local_slot_hosts
+from hvdtrain.launcher.elastic import local_slot_hosts
 from hvdtrain.launcher.errors import LaunchError
 from hvdtrain.launcher.hosts import Host
+from hvdtrain.launcher.machine import Machine
+from hvdtrain.launcher.plan import GeneratedScript, LaunchPlan
 from hvdtrain.launcher.run import run_job, written
 from tests.launcher.helpers import STALL_SHUTDOWN
 
