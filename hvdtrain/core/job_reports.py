@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import socket
 from dataclasses import asdict, dataclass
 
 ADDRESS_ENV = "HVDTRAIN_REPORT_ADDRESS"  # "ip:port[,ip:port]": the launcher's listeners; a report goes to each
@@ -48,16 +49,29 @@ def encode(report: Report, token: str) -> bytes:
     return json.dumps({"token": token, **fields}).encode()
 
 
+FIELD_TYPES = {"rank": int, "host": str, "pid": int, "kind": str, "waiting": (str, type(None)),
+               "waited_s": (int, float), "failure": (str, type(None)), "message": (str, type(None))}
+
+
 def decode(data: bytes, token: str) -> Report | None:
-    """The report in ``data``, or None when it is malformed or lacks this job's token."""
+    """The report in ``data``, or None when it lacks this job's token or is not a report (any datagram
+    can arrive: nothing sent to the listener may stop it)."""
     try:
         fields = json.loads(data)
-        sent_token = fields.pop("token")
-        if not isinstance(sent_token, str) or not hmac.compare_digest(sent_token, token):
-            return None
-        return Report(**fields)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, RecursionError):
         return None
+    if not isinstance(fields, dict) or not isinstance(fields.get("token"), str):
+        return None
+    if not hmac.compare_digest(fields.pop("token"), token):
+        return None
+    if set(fields) != set(FIELD_TYPES) or not all(isinstance(fields[k], t) for k, t in FIELD_TYPES.items()):
+        return None
+    return Report(**fields)
+
+
+def udp_socket(host: str) -> socket.socket:
+    """A datagram socket of ``host``'s address family."""
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
 
 
 def parse_addresses(value: str) -> list[tuple[str, int]]:

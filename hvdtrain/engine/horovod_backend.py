@@ -49,7 +49,7 @@ class HorovodBackendBase:
     def _start_watching(self) -> Watchdog:
         """This process's watchdog, and its reports to ``hvdtrain run`` (when it started the job)."""
         watchdog = Watchdog(self.hvd.rank(), timeout_from_env())
-        reporter = reporter_from_env(lambda: self.hvd.rank(), watchdog.waiting)
+        reporter = reporter_from_env(lambda: self.hvd.rank(), lambda: watchdog.rank, watchdog.waiting)
         if reporter is not None:
             watchdog.on_timeout = functools.partial(reporter.failed, job_reports.COLLECTIVE_TIMEOUT)
             reporter.start()

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from hvdtrain.core.env import seconds_from_env
+
 TIMEOUT_ENV = "HVDTRAIN_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
 HANG_EXIT_CODE = 75
@@ -27,14 +29,7 @@ def timeout_from_env(environ: dict[str, str] | None = None) -> float | None:
     Raises:
         ValueError: the variable is not a number.
     """
-    value = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "")
-    if not value.strip():
-        return DEFAULT_TIMEOUT_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds; set it to e.g. 600, "
-                         "or 0 to turn the collective watchdog off") from None
+    seconds = seconds_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, "600", environ, zero="turns the collective watchdog off")
     return seconds if seconds > 0 else None
 
 
@@ -99,9 +94,11 @@ class Watchdog:
                          f"instead of hanging. To allow longer waits, set {TIMEOUT_ENV} (seconds; 0 turns this "
                          "off).\n")
         sys.stderr.flush()
-        if self.on_timeout is not None:
-            self.on_timeout(what, message)
-        os._exit(HANG_EXIT_CODE)
+        try:
+            if self.on_timeout is not None:
+                self.on_timeout(what, message)
+        finally:
+            os._exit(HANG_EXIT_CODE)
 
 
 HEARTBEAT_FD_ENV = "HVDTRAIN_HEARTBEAT_FD"  # set by hvdtrain.launcher.agent (elastic jobs)

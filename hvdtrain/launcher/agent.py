@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from hvdtrain.core.env import seconds_from_env
 from hvdtrain.engine.watchdog import EXITING, HANG_EXIT_CODE, HEARTBEAT_FD_ENV
 from hvdtrain.launcher.orphans import dies_with
 
@@ -34,17 +35,10 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def heartbeat_timeout(environ: dict[str, str] | None = None) -> float:
     """Seconds of silence after which a worker counts as stopped (``HVDTRAIN_HEARTBEAT_TIMEOUT``)."""
-    value = (os.environ if environ is None else environ).get(HEARTBEAT_TIMEOUT_ENV, "").strip()
-    if not value:
-        return DEFAULT_HEARTBEAT_TIMEOUT_S
     try:
-        seconds = float(value)
-    except ValueError:
-        raise SystemExit(f"hvdtrain agent: {HEARTBEAT_TIMEOUT_ENV}={value!r} is not a number of seconds; "
-                         "set it to e.g. 60") from None
-    if seconds <= 0:
-        raise SystemExit(f"hvdtrain agent: {HEARTBEAT_TIMEOUT_ENV} must be > 0 (got {value})")
-    return seconds
+        return seconds_from_env(HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT_S, "60", environ)
+    except ValueError as error:
+        raise SystemExit(f"hvdtrain agent: {error}") from None
 
 
 def supervise(command: list[str], timeout: float) -> int:

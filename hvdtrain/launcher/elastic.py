@@ -205,7 +205,8 @@ def elastic_plan(options: RunOptions, program: list[str], hosts: list[Host] | No
     # Each worker runs under its agent, which ends it when it stops beating (hvdtrain.launcher.agent).
     supervised = [machine.python, "-m", "hvdtrain.launcher.agent", *program]
     return LaunchPlan([*argv, *supervised], env, "horovodrun", "gloo", np, hosts, False, allocation, warnings,
-                      discovery.generated, tuple(interfaces))
+                      discovery.generated, tuple(interfaces), elastic=True,
+                      hosts_may_change=bool(options.host_discovery_script or options.hostfile))
 
 
 def _user_discovery(options: RunOptions, hosts: list[Host] | None, cwd: str | os.PathLike | None

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from hvdtrain.core import job_reports
 from hvdtrain.core.job_reports import Report
+from hvdtrain.launcher.network import LOOPBACK
 
-LOOPBACK = "127.0.0.1"
 SILENT_AFTER_S = 3 * job_reports.INTERVAL_S  # a worker not heard from for longer has stopped reporting
 
 
@@ -69,14 +69,15 @@ class JobMonitor:
                     data = sock.recv(job_reports.MAX_DATAGRAM)
                 except OSError:
                     continue
-                report = job_reports.decode(data, self.token)
+                report = job_reports.decode(data, self.token)  # None for anything but this job's reports
                 if report is not None:
                     self.record(report, time.monotonic())
 
     def record(self, report: Report, at: float) -> None:
         with self._lock:
             if report.kind == job_reports.FAILED:
-                if report.rank in self.latest and self.latest[report.rank].report.kind == job_reports.FAILED:
+                last = self.latest.get(report.rank)
+                if last is not None and last.report.kind == job_reports.FAILED and last.report.pid == report.pid:
                     return  # a failure is said three times; keep the first
             if report.rank >= 0:
                 self.latest[report.rank] = Heard(report, at)
@@ -93,7 +94,9 @@ class JobMonitor:
                 and report.waiting == first.report.waiting)
 
     def _ends_job(self, report: Report) -> bool:
-        return not self.elastic or report.failure == job_reports.EXCEPTION
+        # An elastic job goes on without a lost worker, and a worker whose rejoining failed (Horovod was
+        # not initialized: no rank) is one; an exception raised while training ends it.
+        return not self.elastic or (report.failure == job_reports.EXCEPTION and report.rank >= 0)
 
     def describe_failure(self) -> str | None:
         """Who failed first and why, and for a collective timeout the ranks that did not join; None if none."""
@@ -123,12 +126,13 @@ class JobMonitor:
                 lines.append(f"{heard.report.where()}: silent for {failed.at - heard.at:.0f} s before the failure "
                              "(stopped, hung, or its host cut off)")
             elif heard.report.waiting != failed.report.waiting:
-                doing = f"waiting in {heard.report.waiting}" if heard.report.waiting else "in no collective"
+                doing = (f"waiting in {heard.report.waiting} for {heard.report.waited_s:.0f} s" if heard.report.waiting
+                         else "in no collective")
                 lines.append(f"{heard.report.where()}: did not join, {doing}")
         return lines
 
 
 def _listen(host: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock = job_reports.udp_socket(host)
     sock.bind((host, 0))
     return sock

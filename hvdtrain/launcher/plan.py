@@ -44,10 +44,8 @@ class LaunchPlan:
     warnings: tuple[str, ...] = ()
     discovery_script: GeneratedScript | None = None
     interfaces: tuple[str, ...] = ()  # the job's network interfaces, as given (or lo for local elastic jobs)
-
-    @property
-    def elastic(self) -> bool:
-        return self.discovery_script is not None or "--host-discovery-script" in self.argv
+    elastic: bool = False
+    hosts_may_change: bool = False  # elastic, with hosts from a discovery script or a hostfile
 
     def for_execution(self, network: JobNetwork, python: str) -> LaunchPlan:
         """The plan to execute once the job's address is known.
@@ -60,7 +58,7 @@ class LaunchPlan:
         if self.launcher == "mpirun":
             exports = [flag for name in (job_reports.ADDRESS_ENV, job_reports.TOKEN_ENV) for flag in ("-x", name)]
             return replace(self, argv=[self.argv[0], *exports, *self.argv[1:]])
-        if self.controller != "gloo" or len(self.interfaces) > 1:
+        if self.controller != "gloo" or len(self.interfaces) > 1 or network.everywhere:
             return self
         argv = [python, "-m", "hvdtrain.launcher.horovodrun", *self.argv[1:]]
         if network.interface and not self.interfaces:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from hvdtrain.core.env import seconds_from_env
 from hvdtrain.core.job_reports import COLLECTIVE_TIMEOUT
 from hvdtrain.engine.watchdog import HANG_EXIT_CODE
 from hvdtrain.launcher.command import build_plan
@@ -67,7 +68,11 @@ def run_job(plan: LaunchPlan, dry_run: bool = False, out: TextIO | None = None) 
         if plan.discovery_script:
             print(describe_generated(plan.discovery_script), file=out, flush=True)
         return 0
-    network = job_network(plan.hosts, plan.interfaces)
+    network = job_network(plan.hosts, plan.interfaces, plan.hosts_may_change)
+    if network.warning:
+        print(f"hvdtrain run: warning: {network.warning}, so the workers' report listener and Horovod's Gloo "
+              "rendezvous server listen on every address of this machine; give --network-interface to keep them "
+              "on the job's network", file=sys.stderr, flush=True)
     monitor = JobMonitor(network.address, elastic=plan.elastic, size=None if plan.elastic else plan.np)
     plan = plan.for_execution(network, sys.executable)
     try:
@@ -121,6 +126,7 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
         N it is never 0: 128 + N, unless the launcher reported a failure of its own. A job ended
         because a worker failed returns that worker's status (75 for a collective timeout, else 1).
     """
+    grace = failure_grace_seconds() if failure_grace is None else failure_grace  # a bad value fails before the start
     env = {**os.environ, **(env_updates or {}), **(monitor.env() if monitor else {})}
     # SIGTERM when hvdtrain run dies, even by SIGKILL: the launcher then stops its workers.
     proc = subprocess.Popen(argv, env=env, start_new_session=True,
@@ -136,7 +142,6 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if in_main_thread else {}
-    grace = failure_grace_seconds() if failure_grace is None else failure_grace
     try:
         ended_for_failure = _wait_for_exit(proc.pid, signals, grace_seconds, monitor, grace)
         # The launcher has exited but is not reaped yet, so its session id cannot be reused: clean up.
@@ -163,11 +168,11 @@ def _job_status(status: int, signals: list[tuple[int, float]], monitor: JobMonit
 
 def failure_grace_seconds(environ: dict[str, str] | None = None) -> float:
     """``HVDTRAIN_FAILURE_GRACE``: seconds the launcher gets to end a job after a worker failed (default 30)."""
-    value = (os.environ if environ is None else environ).get(FAILURE_GRACE_ENV, "").strip()
     try:
-        return float(value) if value else FAILURE_GRACE_SECONDS
-    except ValueError:
-        raise LaunchError(f"{FAILURE_GRACE_ENV}={value!r} is not a number of seconds; set it to e.g. 30") from None
+        return seconds_from_env(FAILURE_GRACE_ENV, FAILURE_GRACE_SECONDS, "30", environ,
+                                zero="ends the job as soon as a worker fails")
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
 
 
 def _wait_for_exit(pid: int, signals: list[tuple[int, float]], grace_seconds: float, monitor: JobMonitor | None,

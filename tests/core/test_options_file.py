@@ -1,6 +1,8 @@
 """The templates' options file: TrainingOptions from YAML, checked with messages that name the fix."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hvdtrain.script import OptionsError, load_options
@@ -42,3 +44,18 @@ def test_bad_configs_name_the_file_the_key_and_the_fix(tmp_path, text, message):
 def test_a_missing_file_is_reported(tmp_path):
     with pytest.raises(OptionsError, match="cannot read the config"):
         load_options(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", 30.0), ("12.5", 12.5), ("0", 0.0),
+    ("soon", "X='soon' is not a number of seconds; set it to e.g. 30, or 0, which turns it off"),
+    ("-1", "X='-1' must be a number of seconds above 0"), ("nan", "X='nan' must be a number of seconds above 0"),
+])
+def test_seconds_from_the_environment(value, expected):
+    from hvdtrain.core.env import seconds_from_env
+
+    if isinstance(expected, float):
+        assert seconds_from_env("X", 30.0, "30", {"X": value}, zero="turns it off") == expected
+    else:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            seconds_from_env("X", 30.0, "30", {"X": value}, zero="turns it off")

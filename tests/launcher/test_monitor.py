@@ -25,7 +25,8 @@ def monitor():
 
 
 def _reporter(monitor: JobMonitor, rank: int, waiting=None) -> Reporter:
-    return Reporter(job_reports.parse_addresses(monitor.address), monitor.token, lambda: rank, lambda: waiting)
+    return Reporter(job_reports.parse_addresses(monitor.address), monitor.token, lambda: rank, lambda: rank,
+                    lambda: waiting)
 
 
 def _until(condition, timeout: float = 10.0) -> None:
@@ -35,18 +36,25 @@ def _until(condition, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_the_first_failure_is_named_with_the_ranks_that_did_not_join(monitor):
+def test_reports_arrive_over_the_socket(monitor):
     collective = "the gradient allreduce of step 6"
     _reporter(monitor, 1, (collective, 3.0)).alive()
-    _reporter(monitor, 2, None).alive()
-    _until(lambda: len(monitor.latest) == 2)
     _reporter(monitor, 0).failed(job_reports.COLLECTIVE_TIMEOUT, collective, f"{collective} has waited 10 s")
-    _until(lambda: monitor.first_failure is not None)
+    _until(lambda: monitor.first_failure is not None and 1 in monitor.latest)
+    assert monitor.latest[1].report.waiting == collective
+    assert monitor.describe_failure().startswith(f"rank 0 (host {socket.gethostname()}, pid ")
+
+
+def test_the_first_failure_is_named_with_the_ranks_that_did_not_join(monitor):
+    collective = "the gradient allreduce of step 6"
+    monitor.record(Report(1, "b", 11, waiting=collective, waited_s=3.0), at=100.0)
+    monitor.record(Report(2, "c", 12), at=100.5)
+    monitor.record(Report(0, "a", 10, kind=job_reports.FAILED, failure=job_reports.COLLECTIVE_TIMEOUT,
+                          waiting=collective, message=f"{collective} has waited 10 s"), at=101.0)
     text = monitor.describe_failure()
-    assert text.startswith(f"rank 0 (host {socket.gethostname()}, pid ")
-    assert f"failed first: {collective} has waited 10 s" in text
+    assert text.startswith("rank 0 (host a, pid 10) failed first: the gradient allreduce of step 6 has waited 10 s")
     assert "rank 1" not in text, "rank 1 waited in the same collective: it joined"
-    assert "rank 2 (host" in text and "did not join, in no collective" in text
+    assert "rank 2 (host c, pid 12): did not join, in no collective" in text
 
 
 def test_a_silent_rank_and_one_never_heard_from_are_named(monitor):
@@ -58,12 +66,14 @@ def test_a_silent_rank_and_one_never_heard_from_are_named(monitor):
     assert "rank 2: never reported" in text
 
 
-def test_reports_without_the_jobs_token_are_dropped(monitor):
+def test_anything_but_the_jobs_reports_is_dropped_and_the_listener_goes_on(monitor):
     host, port = job_reports.parse_addresses(monitor.address)[0]
     forged = Report(0, "x", 1, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="forged")
+    wrong_type = job_reports.encode(forged, monitor.token).replace(b'"rank": 0', b'"rank": null')
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        sender.sendto(job_reports.encode(forged, "not-the-token"), (host, port))
-        sender.sendto(b"not json", (host, port))
+        for junk in (job_reports.encode(forged, "not-the-token"), b"not json", b"[" * 60000, b"[1, 2]",
+                     wrong_type):
+            sender.sendto(junk, (host, port))
     _reporter(monitor, 1).alive()
     _until(lambda: 1 in monitor.latest)
     assert monitor.first_failure is None and 0 not in monitor.latest
@@ -74,7 +84,10 @@ def test_elastic_jobs_end_only_on_an_exception():
     try:
         job.record(Report(1, "b", 2, kind=job_reports.FAILED, failure=job_reports.COLLECTIVE_TIMEOUT), at=1.0)
         assert job.first_failure is None  # a lost worker: Horovod's elastic run goes on without it
-        job.record(Report(2, "c", 3, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="E"), at=2.0)
+        # A worker whose rejoining failed (Horovod not initialized: no rank) is a lost worker too.
+        job.record(Report(-1, "d", 4, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="V"), at=2.0)
+        assert job.first_failure is None
+        job.record(Report(2, "c", 3, kind=job_reports.FAILED, failure=job_reports.EXCEPTION, message="E"), at=3.0)
         assert job.first_failure.report.rank == 2
     finally:
         job.close()
@@ -87,7 +100,7 @@ LAUNCHER = textwrap.dedent("""
     from hvdtrain.engine.reporting import reporter_from_env
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     if sys.argv[1] == "fail":
-        reporter_from_env(lambda: 1, lambda: None).failed("exception", None, "ValueError: bad batch")
+        reporter_from_env(lambda: 1, lambda: 1, lambda: None).failed("exception", None, "ValueError: bad batch")
     open(sys.argv[2], "w").close()
     time.sleep(120)
 """)

@@ -149,22 +149,23 @@ def test_a_network_cut_ends_the_job_and_names_the_rank_that_failed(hosts, tmp_pa
             _stdout, stderr = proc.communicate(timeout=CUT_BOUND_S)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"hvdtrain run still waited {CUT_BOUND_S} s after the cut") from None
+        deadline = time.monotonic() + 10
+        while _job_processes(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _job_processes(str(tmp_path))  # the other host's daemon included (its arguments name tmp_path)
     finally:
         set_link(hosts[cut_side], "up")
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in _job_processes(str(tmp_path)):  # what a failed run left, the other host's daemon included
+        for pid in _job_processes(str(tmp_path)):  # what a failed run left
             os.kill(pid, 9)
+    assert not left, f"processes of the job are left: {left}"
     assert proc.returncode != 0, stderr[-5000:]
     named = re.search(r"hvdtrain run: rank (\d) \(host \S+ (198\.18\.\S+), pid \d+\) failed first: .*collective "
                       r"timeout 10 s", stderr)
     assert named, stderr[-5000:]
     assert named[2] == hosts[int(named[1])].address, "the rank is named with its own host's address"
-    deadline = time.monotonic() + 10
-    while _job_processes(str(tmp_path)):
-        assert time.monotonic() < deadline, f"processes of the job are left: {_job_processes(str(tmp_path))}"
-        time.sleep(0.2)
 
 
 # Run on one host: the rendezvous server must refuse that host's own non-loopback address.
