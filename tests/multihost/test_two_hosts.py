@@ -68,16 +68,20 @@ def test_unreachable_host_is_named_in_the_error(hosts, tmp_path):
     assert f"unknown host {missing}" in proc.stderr
 
 
-def _hvdtrain_run(hosts, tmp_path, hostfile_hosts, *program):
-    """``hvdtrain run --hostfile`` from the first host, reaching the second through the namespace agent."""
+def _hvdtrain_run_command(hosts, tmp_path, hostfile_hosts, *program):
+    """``hvdtrain run --mpi --hostfile`` from the first host, reaching the second through the namespace agent."""
     agent = write_rsh_agent(tmp_path / "netns-ssh.sh", hosts)
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("".join(f"{address} slots=1\n" for address in hostfile_hosts))
     subnet = hosts[0].address.rsplit(".", 1)[0] + ".0/24"
     mpi_args = (f"--mca plm_rsh_agent {agent} --mca btl self,tcp --mca btl_tcp_if_include {subnet} "
                 f"--mca oob_tcp_if_include {subnet}")
-    command = ["ip", "netns", "exec", hosts[0].namespace, sys.executable, "-m", "hvdtrain.cli", "run", "--mpi",
-               "--hostfile", str(hostfile), "-np", str(len(hostfile_hosts)), "--mpi-args", mpi_args, *program]
+    return ["ip", "netns", "exec", hosts[0].namespace, sys.executable, "-m", "hvdtrain.cli", "run", "--mpi",
+            "--hostfile", str(hostfile), "-np", str(len(hostfile_hosts)), "--mpi-args", mpi_args, *program]
+
+
+def _hvdtrain_run(hosts, tmp_path, hostfile_hosts, *program):
+    command = _hvdtrain_run_command(hosts, tmp_path, hostfile_hosts, *program)
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
                           env={**__import__("os").environ, **QUIET_ENV})
 
@@ -107,16 +111,9 @@ CUT_BOUND_S = 10 + 10 + 40
 
 def _start_across_the_hosts(hosts, tmp_path):
     """``hvdtrain run --mpi`` from the first host over both, in the background."""
-    agent = write_rsh_agent(tmp_path / "netns-ssh.sh", hosts)
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("".join(f"{h.address} slots=1\n" for h in hosts))
-    subnet = hosts[0].address.rsplit(".", 1)[0] + ".0/24"
-    mpi_args = (f"--mca plm_rsh_agent {agent} --mca btl self,tcp --mca btl_tcp_if_include {subnet} "
-                f"--mca oob_tcp_if_include {subnet}")
     out = tmp_path / "run"
-    command = ["ip", "netns", "exec", hosts[0].namespace, sys.executable, "-m", "hvdtrain.cli", "run", "--mpi",
-               "--mpi-args", mpi_args, "--hostfile", str(hostfile), "-np", "2", "examples/pytorch_digits.py",
-               "--epochs", "5000", "--no-progress", "--output-dir", str(out)]
+    command = _hvdtrain_run_command(hosts, tmp_path, [h.address for h in hosts], "examples/pytorch_digits.py",
+                                    "--epochs", "5000", "--no-progress", "--output-dir", str(out))
     env = {**os.environ, **QUIET_ENV, **CUT_ENV}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     return proc, out
