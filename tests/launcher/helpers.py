@@ -50,6 +50,15 @@ def worker_lines(output: str) -> list[str]:
     return sorted(re.findall(r"WORKER rank=\d+ size=\d+ sum=\S+ bcast=\S+ args=\[[^\]]*\]", output))
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has exited already)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def explain(proc: subprocess.CompletedProcess) -> str:
     """Exit status and output tails for an assertion message."""
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"

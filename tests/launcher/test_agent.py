@@ -8,6 +8,7 @@ import time
 
 from hvdtrain.engine.watchdog import HANG_EXIT_CODE
 from tests.launch import REPO
+from tests.launcher.helpers import alive
 
 BEATING_WORKER = textwrap.dedent("""
     import atexit, os, signal, sys, time
@@ -69,14 +70,7 @@ def test_a_killed_agent_takes_its_worker_with_it(tmp_path):
     worker_pid = int(pid_file.read_text())
     agent.kill()
     agent.wait()
-    while _running(worker_pid):
+    while alive(worker_pid):
         assert time.monotonic() < deadline, "the worker outlived its agent"
         time.sleep(0.1)
 
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -1,7 +1,6 @@
 """``hvdtrain run -np 2`` for real: every launcher path, a config file, exit codes and signals."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import pytest
 
 from hvdtrain.engine.watchdog import HANG_EXIT_CODE
-from tests.launcher.helpers import TIMEOUT, child_env, explain, hvdtrain, worker_lines, write_script
+from tests.launcher.helpers import TIMEOUT, alive, child_env, explain, hvdtrain, worker_lines, write_script
 
 pytestmark = pytest.mark.parallel
 
@@ -65,15 +64,6 @@ time.sleep(600)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited already
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize(("flags", "signum"), [([], signal.SIGTERM), (["--gloo"], signal.SIGINT),
                                                ([], signal.SIGKILL)],
                          ids=["mpirun-sigterm", "gloo-sigint", "mpirun-sigkill"])
@@ -99,8 +89,8 @@ def test_signals_reach_the_workers_and_nothing_is_left_running(tmp_path, flags, 
     # A SIGKILLed hvdtrain run cannot forward anything: its launcher gets SIGTERM as it dies.
     assert proc.returncode != 0, output
     deadline = time.monotonic() + 30
-    while [pid for pid in pids if _alive(pid)]:
-        assert time.monotonic() < deadline, f"workers left running: {[pid for pid in pids if _alive(pid)]}\n{output}"
+    while [pid for pid in pids if alive(pid)]:
+        assert time.monotonic() < deadline, f"workers left running: {[pid for pid in pids if alive(pid)]}\n{output}"
         time.sleep(0.2)
 
 
