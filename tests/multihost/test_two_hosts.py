@@ -51,14 +51,15 @@ def test_training_across_two_namespace_hosts(hosts, tmp_path):
 
 
 def test_each_rank_runs_in_its_own_host(hosts, tmp_path):
-    probe = ("import horovod.torch as hvd, socket, subprocess, torch; hvd.init(); "
+    # Each rank writes its own file: mpirun interleaves the two ranks' stdout under load.
+    probe = ("import horovod.torch as hvd, pathlib, subprocess, sys, torch; hvd.init(); "
              "addr = subprocess.run(['ip', '-4', '-br', 'addr'], capture_output=True, text=True).stdout; "
-             "total = hvd.allreduce(torch.tensor([1.0]), op=hvd.Sum).item(); "
-             "print('RANK', hvd.rank(), 'TOTAL', total, 'ADDR', addr.split()[-1], flush=True)")
-    proc = _mpirun(hosts, tmp_path, [h.address for h in hosts], "-c", probe)
+             "total = hvd.allreduce(torch.tensor([1.0]), op=hvd.Sum, name='probe').item(); "
+             "pathlib.Path(sys.argv[1], f'rank-{hvd.rank()}').write_text(f'{total} {addr.split()[-1]}')")
+    proc = _mpirun(hosts, tmp_path, [h.address for h in hosts], "-c", probe, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = dict(re.findall(r"RANK (\d) TOTAL 2.0 ADDR (\S+)", proc.stdout))
-    assert seen == {"0": f"{hosts[0].address}/24", "1": f"{hosts[1].address}/24"}
+    seen = {path.name: path.read_text() for path in tmp_path.glob("rank-*")}
+    assert seen == {"rank-0": f"2.0 {hosts[0].address}/24", "rank-1": f"2.0 {hosts[1].address}/24"}
 
 
 def test_unreachable_host_is_named_in_the_error(hosts, tmp_path):
