@@ -9,7 +9,8 @@ from typing import Any
 from hvdtrain._version import __version__
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
-from hvdtrain.core.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, load_file
+from hvdtrain.core.checkpoint import MANIFEST, CheckpointError, CheckpointInfo, CheckpointManager, load_file, part_name
+from hvdtrain.core.checkpoint_io import read_checkpoint
 from hvdtrain.core.context import TrainContext
 from hvdtrain.core.elastic import rescale_for_world_size
 from hvdtrain.core.state_codec import LegacyCheckpointError, legacy_message
@@ -22,7 +23,9 @@ class ModelCheckpoint(Callback):
 
     Every rank takes part (RNG states are gathered), rank 0 writes atomically,
     and the outcome is broadcast so that a failed write stops every rank with
-    the same error instead of leaving the others waiting.
+    the same error instead of leaving the others waiting. A model split into pipeline stages is
+    saved as a directory: each stage's first replica writes that stage's part, and rank 0 writes
+    the manifest (counters, callbacks, RNG) once every part is written.
 
     Args:
         directory: checkpoint directory.
@@ -60,9 +63,10 @@ class ModelCheckpoint(Callback):
     def save(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None) -> Path:
         """Collective: gather RNG states, write on rank 0, share the outcome."""
         rng_states = ctx.backend.allgather_object(ctx.adapter.rng_state())
-        outcome: dict[str, Any] = {}
-        if ctx.is_root:
-            outcome = self._write(ctx, resume_point, score, rng_states)
+        if ctx.layout.pipeline > 1:
+            outcome = self._save_stages(ctx, resume_point, score, rng_states)
+        else:
+            outcome = self._write(ctx, resume_point, score, rng_states) if ctx.is_root else {}
         outcome = ctx.backend.broadcast_object(outcome)
         if "error" in outcome:
             raise CheckpointError(outcome["error"])
@@ -72,25 +76,58 @@ class ModelCheckpoint(Callback):
     def _write(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None,
                rng_states: list[Any]) -> dict[str, Any]:
         state = {"model_optimizer": ctx.adapter.state_dict(ctx.model, ctx.optimizer),
-                 "progress": resume_point,
-                 "history": list(ctx.history),
-                 "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
-                 "rng": rng_states}
-        metadata = {"world_size": ctx.size, "framework": ctx.adapter.name,
-                    "monitor": self.monitor.metric if self.monitor else None,
-                    "versions": dict(ctx.adapter.versions(), hvdtrain=__version__)}
+                 **self._run_state(ctx, resume_point, rng_states)}
+        return self._attempt(lambda: self.manager.save(
+            ctx.adapter.serialize(state), epoch=resume_point["epoch"], global_step=ctx.global_step, score=score,
+            metadata=self._metadata(ctx)))
+
+    def _save_stages(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None,
+                     rng_states: list[Any]) -> dict[str, Any]:
+        """Collective: each stage's first replica writes its part; rank 0 commits the manifest, if all succeeded."""
+        layout, epoch = ctx.layout, resume_point["epoch"]
+        checkpoint = self.manager.directory_for(epoch, ctx.global_step)
+        written = None
+        if layout.replica == 0:
+            header = {"stage": layout.stage, "pipeline": layout.pipeline, "epoch": epoch,
+                      "global_step": ctx.global_step}
+            written = self._attempt(lambda: self.manager.save_part(
+                checkpoint, layout.stage, ctx.adapter.serialize(ctx.adapter.state_dict(ctx.model, ctx.optimizer)),
+                header))
+        reports = [report for report in ctx.backend.allgather_object(written) if report is not None]
+        failed = [report for report in reports if "error" in report]
+        if failed:
+            return failed[0] if ctx.is_root else {}
+        if not ctx.is_root:
+            return {}
+        parts = dict(report["path"] for report in reports)
+        state = self._run_state(ctx, resume_point, rng_states)
+        return self._attempt(lambda: self.manager.save_manifest(
+            checkpoint, ctx.adapter.serialize(state), parts, epoch=epoch, global_step=ctx.global_step, score=score,
+            metadata=self._metadata(ctx)))
+
+    @staticmethod
+    def _run_state(ctx: TrainContext, resume_point: dict[str, Any], rng_states: list[Any]) -> dict[str, Any]:
+        return {"progress": resume_point, "history": list(ctx.history),
+                "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {}, "rng": rng_states}
+
+    def _metadata(self, ctx: TrainContext) -> dict[str, Any]:
+        return {"world_size": ctx.size, "data_size": ctx.data_size, "pipeline": ctx.layout.pipeline,
+                "framework": ctx.adapter.name, "monitor": self.monitor.metric if self.monitor else None,
+                "versions": dict(ctx.adapter.versions(), hvdtrain=__version__)}
+
+    def _attempt(self, write: Any) -> dict[str, Any]:
+        """``{"path": write()}``, or ``{"error": ...}`` naming the problem and the fix (never raised alone)."""
         try:
-            payload = ctx.adapter.serialize(state)
+            path = write()
         except (TypeError, ValueError) as err:
             log.exception("could not encode the checkpoint state")
             return {"error": f"could not encode the checkpoint state: {err}"}
-        try:
-            path = self.manager.save(payload, epoch=resume_point["epoch"],
-                                     global_step=ctx.global_step, score=score, metadata=metadata)
         except OSError as err:
             return {"error": f"could not write a checkpoint in {self.manager.directory}: {err}. "
                              "Free disk space or choose another checkpoint directory; the previous "
                              "checkpoints are untouched."}
+        if isinstance(path, tuple):  # (name, digest) of a stage's part
+            return {"path": path}
         log.info("saved checkpoint %s", path)
         return {"path": str(path)}
 
@@ -160,10 +197,16 @@ class ResumeFromCheckpoint(Callback):
         if loaded is None:
             return {}
         info, payload = loaded
-        old_size = int(info.header.get("world_size", ctx.size))
-        if old_size != ctx.size and self.on_world_size_change == "error":
+        old_size = int(info.header.get("data_size", info.header.get("world_size", ctx.data_size)))
+        old_stages = int(info.header.get("pipeline", 1))
+        if old_stages != ctx.layout.pipeline:
+            return {"error": f"{info.path} was written by {old_stages} pipeline stage(s) x {old_size} replica(s) "
+                             f"but this job is {ctx.layout.describe()}: a checkpoint resumes only with its stage "
+                             f"count. Relaunch with hvdtrain.torch.init(pipeline={old_stages}) (any multiple of "
+                             f"{old_stages} workers)."}
+        if old_size != ctx.data_size and self.on_world_size_change == "error":
             return {"error": f"{info.path} was written by a job of {old_size} workers but this job has "
-                             f"{ctx.size}. Relaunch with -np {old_size}, or resume with "
+                             f"{ctx.data_size}. Relaunch with -np {old_size * old_stages}, or resume with "
                              "on_world_size_change='reshard' to re-shard the data."}
         try:
             state = ctx.adapter.deserialize(payload)
@@ -179,29 +222,46 @@ class ResumeFromCheckpoint(Callback):
 
     def _restore_on_root(self, ctx: TrainContext, info: CheckpointInfo, state: dict[str, Any],
                          old_size: int) -> dict[str, Any]:
-        ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
+        if not info.parts:  # a directory's parts are loaded by their stages, in _restore_everywhere
+            ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
         history = state.get("history", state["progress"].get("history", []))  # 0.1.0 kept it in "progress"
         return {"path": str(info.path), "world_size": old_size, "progress": state["progress"], "history": history,
-                "callbacks": state["callbacks"], "rng": state["rng"]}
+                "callbacks": state["callbacks"], "rng": state["rng"], "stage_parts": bool(info.parts)}
 
     def _find(self) -> tuple[CheckpointInfo, bytes] | None:
-        if self.source.is_file() or self.source.suffix == ".ckpt":
+        if self.source.is_file() or self.source.suffix == ".ckpt" or (self.source / MANIFEST).is_file():
             return load_file(self.source)
         return CheckpointManager(self.source).load_latest()
 
+    @staticmethod
+    def _load_stage(ctx: TrainContext, checkpoint: Path) -> None:
+        """Collective: every rank loads its stage's part; a failure on any rank fails every rank alike."""
+        part = checkpoint / part_name(ctx.layout.stage)
+        try:
+            ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, ctx.adapter.deserialize(read_checkpoint(part)[1]))
+            error = None
+        except (CheckpointError, OSError, RuntimeError, KeyError, ValueError) as err:
+            error = f"rank {ctx.rank} could not load {part}: {type(err).__name__}: {err}"
+        errors = [each for each in ctx.backend.allgather_object(error) if each]
+        if errors:
+            raise CheckpointError(errors[0] + " (every stage must reach the checkpoint directory: a shared "
+                                              "file system)")
+
     def _restore_everywhere(self, ctx: TrainContext, found: dict[str, Any]) -> None:
+        if found.get("stage_parts"):
+            self._load_stage(ctx, Path(found["path"]))
         ctx.progress.load(found["progress"])
         ctx.history = list(found["history"])
         if ctx.callbacks is not None:
             ctx.callbacks.load_state_dict(found["callbacks"])
-        old_size = found["world_size"]
-        if old_size == ctx.size:
+        old_size = found["world_size"]  # model replicas (the world, without a pipeline)
+        if old_size == ctx.data_size:
             ctx.adapter.set_rng_state(found["rng"][ctx.rank])
         else:
             log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
                         "rescaling learning rates by %d/%d (a framework schedule follows the world size itself); "
                         "per-rank RNG streams restart from the seed",
-                        old_size, ctx.size, ctx.size, old_size)
+                        old_size, ctx.data_size, ctx.data_size, old_size)
             rescale_for_world_size(ctx, old_size)
         ctx.resumed_from = found["path"]
         log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", found["path"],

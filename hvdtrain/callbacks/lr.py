@@ -61,7 +61,7 @@ class LearningRateSchedule(Callback):
 
     def on_batch_begin(self, ctx: TrainContext) -> None:
         steps = ctx.steps_per_epoch  # unknown for streamed input: the epoch's start counts
-        factor = self.factor(ctx.epoch + (min(ctx.batch_index, steps) / steps if steps else 0.0), ctx.size)
+        factor = self.factor(ctx.epoch + (min(ctx.batch_index, steps) / steps if steps else 0.0), ctx.data_size)
         if self.base_rates is not None:  # the scheduler may have moved: set every batch
             ctx.adapter.set_learning_rates(ctx.optimizer, [lr * factor for lr in self.base_rates()])
         elif factor != self._last_factor:

@@ -63,7 +63,9 @@ class MLflowLogger(Callback):
     def on_train_end(self, ctx: TrainContext) -> None:
         self._continue_run()
         best = self._best_checkpoint(ctx)
-        if best is not None:
+        if best is not None and best.is_dir():  # a pipeline's checkpoint: its manifest and stage parts
+            self.mlflow.log_artifacts(str(best), artifact_path=f"checkpoints/{best.name}")
+        elif best is not None:
             self.mlflow.log_artifact(str(best), artifact_path="checkpoints")
         self.mlflow.end_run()
 

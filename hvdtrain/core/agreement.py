@@ -21,7 +21,8 @@ class StateMismatchError(RuntimeError):
 
 def check_ranks_agree(backend: Backend, specs: Sequence[TensorSpec], what: str = "model",
                       match_names: bool = True) -> None:
-    """Collective: raise on every rank unless every rank passed the same ``specs``.
+    """Collective: raise on every rank unless every rank passed the same ``specs`` (in a pipeline: every
+    replica of each stage, as the stages hold different layers).
 
     Args:
         backend: the job's backend; with one worker nothing is checked.
@@ -36,22 +37,28 @@ def check_ranks_agree(backend: Backend, specs: Sequence[TensorSpec], what: str =
     if backend.size == 1:
         return
     mine = [(str(name), tuple(int(d) for d in shape), str(dtype)) for name, shape, dtype in specs]
-    problem = first_difference(backend.allgather_object(mine), what, match_names)
-    if problem:
-        raise StateMismatchError(problem)
+    per_rank = backend.allgather_object(mine)
+    for group in backend.layout.data_groups():
+        problem = first_difference([per_rank[rank] for rank in group], what, match_names, ranks=group)
+        if problem:
+            raise StateMismatchError(problem)
 
 
 def first_difference(per_rank: Sequence[Sequence[TensorSpec]], what: str = "model",
-                     match_names: bool = True) -> str | None:
-    """The message for the first tensor where a rank differs from rank 0, or None when all agree."""
+                     match_names: bool = True, ranks: Sequence[int] | None = None) -> str | None:
+    """The message for the first tensor where a rank differs from the first, or None when all agree.
+
+    ``ranks``: the world rank of each entry of ``per_rank`` (default: 0, 1, ...).
+    """
+    ranks = list(range(len(per_rank))) if ranks is None else list(ranks)
     reference = [tuple(spec) for spec in per_rank[0]]
-    for rank, specs in enumerate(per_rank[1:], start=1):
+    for rank, specs in zip(ranks[1:], per_rank[1:]):
         specs = [tuple(spec) for spec in specs]
         for index in range(max(len(reference), len(specs))):
             ours = reference[index] if index < len(reference) else None
             theirs = specs[index] if index < len(specs) else None
             if not _same(ours, theirs, match_names):
-                return _message(what, index, ours, theirs, rank, len(reference), len(specs))
+                return _message(what, index, ours, theirs, (ranks[0], rank), len(reference), len(specs))
     return None
 
 
@@ -68,9 +75,11 @@ def _describe(spec: Any, rank: int) -> str:
     return f"{name!r} with shape {shape} ({dtype}) on rank {rank}"
 
 
-def _message(what: str, index: int, ours: Any, theirs: Any, rank: int, count0: int, count: int) -> str:
-    counts = f" Rank 0 has {count0} tensors and rank {rank} has {count}." if count0 != count else ""
+def _message(what: str, index: int, ours: Any, theirs: Any, ranks: tuple[int, int], count0: int,
+             count: int) -> str:
+    first, rank = ranks
+    counts = f" Rank {first} has {count0} tensors and rank {rank} has {count}." if count0 != count else ""
     return (f"ranks disagree on the {what} before the initial broadcast: tensor #{index} is "
-            f"{_describe(ours, 0)} but {_describe(theirs, rank)}.{counts} Every rank must build the same "
+            f"{_describe(ours, first)} but {_describe(theirs, rank)}.{counts} Every rank must build the same "
             f"{what} (same layers, sizes, dtypes and order) before training starts; look for code that "
             "depends on the rank, on local files or on the host.")

@@ -6,6 +6,8 @@ import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from hvdtrain.core.layout import Layout
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -27,6 +29,10 @@ class Backend(Protocol):
 
     @property
     def local_size(self) -> int: ...
+
+    @property
+    def layout(self) -> Layout:
+        """How the ranks divide into pipeline stages and data-parallel replicas (every size question)."""
 
     @property
     def elastic(self) -> bool:
@@ -62,6 +68,10 @@ class SerialBackend:
     local_rank = 0
     local_size = 1
     elastic = False
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(1, self.size, self.rank)
 
     def run_elastic(self, train: Callable[[], Any], state: Any) -> Any:
         return train()

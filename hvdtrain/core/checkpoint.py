@@ -3,12 +3,17 @@
 The policy (keep the last N and the best k by a monitored score) is kept apart
 from the file format in ``checkpoint_io``. Only rank 0 calls ``save``; the
 bookkeeping lives in the checkpoint headers, so the directory is the index.
+
+A checkpoint is one file, or (a model split into pipeline stages) a directory: one part file per
+stage, written by that stage, and a manifest written last by rank 0 once every part is on disk. A
+directory without its manifest, or with a part that fails its checksum, is not a checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,12 @@ __all__ = ["CheckpointError", "CheckpointInfo", "CheckpointManager"]
 
 log = logging.getLogger("hvdtrain.checkpoint")
 SUFFIX = ".ckpt"
+MANIFEST = "manifest" + SUFFIX
+
+
+def part_name(stage: int) -> str:
+    """The file a pipeline stage's state is written to, inside a checkpoint directory."""
+    return f"stage{stage:03d}{SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,11 @@ class CheckpointInfo:
     global_step: int
     score: float | None
     header: dict[str, Any]
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """{part file: its payload's SHA-256} of a checkpoint directory; {} for a single file."""
+        return dict(self.header.get("parts") or {})
 
 
 class CheckpointManager:
@@ -66,18 +82,41 @@ class CheckpointManager:
     def path_for(self, epoch: int, global_step: int) -> Path:
         return self.directory / f"{self.prefix}-epoch{epoch:04d}-step{global_step:08d}{SUFFIX}"
 
+    def directory_for(self, epoch: int, global_step: int) -> Path:
+        """Where a checkpoint of parts (one per pipeline stage) for this point goes."""
+        return self.directory / f"{self.prefix}-epoch{epoch:04d}-step{global_step:08d}"
+
     def checkpoints(self) -> list[CheckpointInfo]:
         """Checkpoints with readable headers, oldest first. Unreadable ones are logged and skipped."""
         infos = []
-        for path in sorted(self.directory.glob(f"{self.prefix}-*{SUFFIX}")):
+        for path in sorted(self.directory.glob(f"{self.prefix}-*")):
+            header_file = path / MANIFEST if path.is_dir() else path
+            if header_file.suffix != SUFFIX or not header_file.is_file():
+                continue  # not a checkpoint, or a directory whose save was cut short before its manifest
             try:
-                header = read_header(path)
+                header = read_header(header_file)
             except (CheckpointError, OSError) as err:
                 log.warning("skipping unreadable checkpoint: %s", err)
                 continue
             infos.append(CheckpointInfo(path, int(header["epoch"]), int(header["global_step"]),
                                         header.get("score"), header))
         return sorted(infos, key=lambda i: (i.global_step, i.epoch, i.path.name))
+
+    def save_part(self, checkpoint: Path, stage: int, payload: bytes, header: dict[str, Any]) -> tuple[str, str]:
+        """Write one stage's part of checkpoint directory ``checkpoint``; returns (its name, its SHA-256)."""
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        path = write_checkpoint(checkpoint / part_name(stage), header, payload)
+        return path.name, read_header(path)["payload_sha256"]
+
+    def save_manifest(self, checkpoint: Path, payload: bytes, parts: dict[str, str], *, epoch: int,
+                      global_step: int, score: float | None = None,
+                      metadata: dict[str, Any] | None = None) -> Path:
+        """Commit checkpoint directory ``checkpoint`` (every part written) with its manifest, then prune."""
+        header = dict(metadata or {}, epoch=epoch, global_step=global_step, score=_finite_or_none(score),
+                      mode=self.mode, parts=parts)
+        write_checkpoint(checkpoint / MANIFEST, header, payload)
+        self._prune(keep=checkpoint)
+        return checkpoint
 
     def save(self, payload: bytes, *, epoch: int, global_step: int, score: float | None = None,
              metadata: dict[str, Any] | None = None) -> Path:
@@ -95,8 +134,11 @@ class CheckpointManager:
         kept = {i.path for i in infos[-self.keep_last:]} | {i.path for i in self.best(self.keep_best, infos)}
         for info in infos:
             if info.path not in kept and info.path != keep:
-                info.path.unlink(missing_ok=True)
+                _remove(info.path)
                 log.debug("removed old checkpoint %s", info.path)
+        for cut_short in self.directory.glob(f"{self.prefix}-*"):
+            if cut_short.is_dir() and cut_short != keep and not (cut_short / MANIFEST).exists():
+                _remove(cut_short)
 
     def best(self, k: int = 1, infos: list[CheckpointInfo] | None = None) -> list[CheckpointInfo]:
         """The ``k`` best-scored checkpoints, best first."""
@@ -111,7 +153,7 @@ class CheckpointManager:
         """
         for info in reversed(self.checkpoints()):
             try:
-                _, payload = read_checkpoint(info.path)
+                payload = read_verified(info)
             except CheckpointError as err:
                 log.error("%s; falling back to the previous checkpoint", err)
                 continue
@@ -119,19 +161,46 @@ class CheckpointManager:
         return None
 
 
+def read_verified(info: CheckpointInfo) -> bytes:
+    """A checkpoint's payload (a directory's manifest), after every part of it passed its checksum.
+
+    Raises:
+        CheckpointError: the file, the manifest or a part is missing, truncated, corrupted or stale.
+    """
+    if not info.path.is_dir():
+        return read_checkpoint(info.path)[1]
+    _, payload = read_checkpoint(info.path / MANIFEST)
+    for name, digest in info.parts.items():
+        part = info.path / name
+        if not part.is_file():
+            raise CheckpointError(f"{info.path} is incomplete: its part {name} is missing")
+        header, _ = read_checkpoint(part)
+        if header.get("payload_sha256") != digest:
+            raise CheckpointError(f"{part} is not the part its manifest names (another save's file)")
+    return payload
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def load_file(path: str | os.PathLike) -> tuple[CheckpointInfo, bytes]:
-    """Load one specific checkpoint file, verifying it.
+    """Load one specific checkpoint (a file, or a directory of stage parts), verifying it.
 
     Raises:
         CheckpointError: missing, truncated or corrupted file.
     """
     path = Path(path)
-    if not path.is_file():
+    header_file = path / MANIFEST if path.is_dir() else path
+    if not header_file.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a file written by ModelCheckpoint "
                               "or its directory")
-    header, payload = read_checkpoint(path)
-    return CheckpointInfo(path, int(header["epoch"]), int(header["global_step"]), header.get("score"),
-                          header), payload
+    header = read_header(header_file)
+    info = CheckpointInfo(path, int(header["epoch"]), int(header["global_step"]), header.get("score"), header)
+    return info, read_verified(info)
 
 
 def _finite_or_none(score: float | None) -> float | None:

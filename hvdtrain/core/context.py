@@ -6,6 +6,7 @@ from typing import Any
 
 from hvdtrain.core.adapter import FrameworkAdapter
 from hvdtrain.core.backend import Backend, SerialBackend, any_rank
+from hvdtrain.core.layout import Layout
 from hvdtrain.core.progress import Progress, StepOutcome
 
 
@@ -84,6 +85,21 @@ class TrainContext:
     @property
     def size(self) -> int:
         return self.backend.size
+
+    @property
+    def layout(self) -> Layout:
+        """Pipeline stages x data replicas: ``size`` is the world, ``data_size`` the model replicas."""
+        return self.backend.layout
+
+    @property
+    def data_rank(self) -> int:
+        """This rank's model replica: which shard of the data it trains on."""
+        return self.backend.layout.data_rank
+
+    @property
+    def data_size(self) -> int:
+        """The model replicas: the data's shards, and what gradients and learning rates are scaled by."""
+        return self.backend.layout.data_size
 
     @property
     def is_root(self) -> bool:

@@ -119,7 +119,7 @@ class ElasticState:
 
 
 def rescale_for_world_size(ctx: TrainContext, old_size: int) -> None:
-    """Keep the linear LR scaling rule after the world changed from ``old_size`` to ``ctx.size`` workers.
+    """Keep the linear LR scaling rule after the model replicas changed from ``old_size`` to ``ctx.data_size``.
 
     Every rank rescales its optimizer's LRs and the callbacks that hold base LRs
     (``rescale_for_world_size(old, new)``), so the ranks stay equal. Nothing changes without
@@ -127,8 +127,8 @@ def rescale_for_world_size(ctx: TrainContext, old_size: int) -> None:
     """
     if not ctx.scale_lr:
         return
-    ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.size / old_size)
+    ctx.adapter.rescale_learning_rates(ctx.optimizer, ctx.data_size / old_size)
     for callback in ctx.callbacks or ():
         rescale = getattr(callback, "rescale_for_world_size", None)
         if rescale:
-            rescale(old_size, ctx.size)
+            rescale(old_size, ctx.data_size)

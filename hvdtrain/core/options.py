@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hvdtrain.core.pipeline_schedule import SCHEDULES
+
 COMPRESSIONS = ("none", "fp16")
 REDUCE_OPS = ("average", "sum", "adasum")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -53,6 +55,10 @@ class TrainingOptions:
                                                         "optimizer 'step' or every 'epoch'", flag=None)
     grad_clip_norm: float | None = _option(None, "float", "clip the averaged gradients to this global norm")
     backward_passes_per_step: int = _option(1, "int", "batches whose gradients are accumulated per update")
+    micro_batches: int = _option(1, "int", "micro-batches each batch is cut into on a pipeline (PyTorch, "
+                                           "hvdtrain.torch.init(pipeline=P)); more keep the stages busier")
+    pipeline_schedule: str = _option("1f1b", "str", f"order of a pipeline's passes: one of {SCHEDULES} (1f1b holds "
+                                                    "fewer activations)", flag="--schedule")
     compression: str = _option("none", "str", f"gradient compression on the wire: one of {COMPRESSIONS}")
     op: str = _option("average", "str", f"how gradients are combined: one of {REDUCE_OPS}")
     scale_lr: bool = _option(True, "bool", "multiply the LR by the number of workers (linear scaling rule)",
@@ -123,6 +129,9 @@ def _problems(o: TrainingOptions) -> list[tuple[str, str]]:
          f"must be > 0 (got {o.grad_clip_norm})"),
         ("backward_passes_per_step", o.backward_passes_per_step >= 1,
          f"must be >= 1 (got {o.backward_passes_per_step})"),
+        ("micro_batches", o.micro_batches >= 1, f"must be >= 1 (got {o.micro_batches})"),
+        ("pipeline_schedule", o.pipeline_schedule in SCHEDULES,
+         f"must be one of {list(SCHEDULES)} (got {o.pipeline_schedule!r})"),
         ("compression", o.compression in COMPRESSIONS,
          f"must be one of {sorted(COMPRESSIONS)} (got {o.compression!r})"),
         ("op", o.op in REDUCE_OPS, f"must be one of {sorted(REDUCE_OPS)} (got {o.op!r})"),

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 from hvdtrain.core import job_reports
 from hvdtrain.core.distributed import local_slot
 from hvdtrain.core.elastic import ElasticState
+from hvdtrain.core.layout import Layout
+from hvdtrain.engine.peers import PeerChannel
 from hvdtrain.engine.reporting import reporter_from_env
 from hvdtrain.engine.watchdog import Watchdog, start_heartbeat, timeout_from_env
 
@@ -36,6 +38,11 @@ class HorovodBackendBase:
     # thread watches the waits.
     _calls = itertools.count()
     _watchdog: Watchdog | None = None
+    # Set by a pipeline init (``initialize(pipeline=P)``); without it the layout is the live world.
+    _pipeline_layout: Layout | None = None
+    _data_process_set: Any = None
+    _peer_comm: Any = None
+    _peers: PeerChannel | None = None
 
     def __init__(self, hvd: Any, init_hint: str, elastic_state_base: type) -> None:
         if not hvd.is_initialized():
@@ -72,6 +79,30 @@ class HorovodBackendBase:
     @property
     def local_size(self) -> int:
         return local_slot(self.hvd.local_rank(), self.hvd.local_size())[1]
+
+    @property
+    def layout(self) -> Layout:
+        """Stages x replicas; without a pipeline every rank is a replica (read live: elastic resizes)."""
+        return HorovodBackendBase._pipeline_layout or Layout(1, self.size, self.rank)
+
+    @property
+    def data_process_set(self) -> Any:
+        """The Horovod process set of this rank's data-parallel group: Horovod's global set when it is the
+        whole world, None when this rank is its stage's only replica (nothing to average)."""
+        layout = self.layout
+        if layout.data == 1 and layout.world_size > 1:
+            return None
+        return HorovodBackendBase._data_process_set or self.hvd.global_process_set
+
+    @property
+    def peers(self) -> PeerChannel:
+        """Point-to-point messages to other ranks (a pipeline's activations and gradients)."""
+        if HorovodBackendBase._peer_comm is None:
+            raise RuntimeError("point-to-point messages need MPI: initialize with hvdtrain.torch.init(pipeline=P) "
+                               "and launch with hvdtrain run (MPI), mpirun or horovodrun --mpi")
+        if HorovodBackendBase._peers is None:
+            HorovodBackendBase._peers = PeerChannel(HorovodBackendBase._peer_comm, self.watch)
+        return HorovodBackendBase._peers
 
     @property
     def watchdog(self) -> Watchdog:
@@ -166,6 +197,55 @@ class HorovodBackendBase:
     def barrier(self) -> None:
         # Not every framework binding has hvd.barrier; a one-element allreduce blocks the same way.
         self.allreduce_sum([0.0])
+
+
+def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None) -> None:
+    """``hvd.init()``; with ``pipeline`` > 1 stages, also the layout, one Horovod process set per stage's
+    replicas, and an MPI communicator for the stages' point-to-point messages.
+
+    Args:
+        hvd: the framework's Horovod module.
+        pipeline: pipeline stages per model replica.
+        mpi: returns mpi4py's ``MPI`` module (imported by the adapter; importing it starts MPI).
+
+    Raises:
+        RuntimeError: a pipeline without an MPI launch, without MPI thread support, or under elastic.
+        LayoutError: a world that is not a multiple of ``pipeline``.
+    """
+    if pipeline == 1:
+        hvd.init()
+        return
+    if os.environ.get("HOROVOD_ELASTIC") == "1":
+        raise RuntimeError(f"pipeline={pipeline} cannot run under --elastic: Horovod's elastic mode breaks its "
+                           "process sets (horovod#4021), which the stages' gradient averaging needs. Launch "
+                           "without --elastic (hvdtrain run -np N, mpirun or horovodrun --mpi).")
+    if mpi is None:
+        raise RuntimeError(f"pipeline={pipeline} needs MPI's point-to-point messages, which this framework's "
+                           "adapter does not provide")
+    comm = _mpi_world(pipeline, mpi())
+    layout = Layout.for_world(comm.Get_size(), comm.Get_rank(), pipeline)
+    per_stage = [hvd.ProcessSet(group) for group in layout.data_groups()] if layout.data > 1 else []
+    hvd.init(process_sets=per_stage)
+    if not hvd.mpi_threads_supported():
+        raise RuntimeError("pipeline stages send with mpi4py beside Horovod's own MPI calls, which needs MPI "
+                           "built with thread support (MPI_THREAD_MULTIPLE); use Open MPI 4 or later")
+    HorovodBackendBase._pipeline_layout = layout
+    HorovodBackendBase._data_process_set = per_stage[layout.stage] if per_stage else None
+    HorovodBackendBase._peer_comm = comm.Dup()
+
+
+def _mpi_world(pipeline: int, MPI: Any) -> Any:
+    """MPI's world for a pipeline, started by mpi4py with full thread support before Horovod joins it."""
+    world = MPI.COMM_WORLD
+    launched = int(os.environ.get("HOROVOD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", world.Get_size())))
+    if world.Get_size() != launched:
+        raise RuntimeError(f"pipeline={pipeline} needs an MPI launch, but this job of {launched} workers was not "
+                           "started by MPI (a Gloo launch: horovodrun --gloo or hvdtrain run --gloo). Launch "
+                           "with hvdtrain run --mpi, mpirun or horovodrun --mpi.")
+    if MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+        raise RuntimeError("pipeline stages need MPI_THREAD_MULTIPLE (mpi4py's sends run beside Horovod's "
+                           "thread); this MPI gives less: use Open MPI 4 or later")
+    return world
 
 
 def default_threads(local_size: int) -> int:

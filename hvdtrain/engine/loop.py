@@ -72,7 +72,7 @@ class EpochLoop:
         Weighted by this rank's share, the averaged gradient is that of the combined batch even when
         a final batch splits unevenly; with gradient accumulation it is divided by the passes.
         """
-        return local_samples * ctx.size / global_size / self.accumulation
+        return local_samples * ctx.data_size / global_size / self.accumulation
 
     def _is_update_step(self, ctx: TrainContext) -> bool:
         """Whether this batch ends an accumulation round or the epoch: gradients are reduced and applied."""

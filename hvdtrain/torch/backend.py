@@ -16,7 +16,8 @@ from horovod.common.elastic import State as HorovodState
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
-from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads
+from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads, initialize
+from hvdtrain.engine.peers import PeerChannel
 from hvdtrain.torch.named_optimizers import by_name, parameters_of
 
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
@@ -44,6 +45,10 @@ class TorchBackend(Backend, Protocol):
     def wait(self, handle: Any) -> torch.Tensor:
         """The result of a ``start_max``/``start_sum``."""
 
+    @property
+    def peers(self) -> PeerChannel:
+        """Point-to-point messages between ranks (a pipeline's activations and gradients)."""
+
 
 class HorovodBackend(HorovodBackendBase):
     """Collectives of a Horovod job, through ``horovod.torch``. Call ``init()`` first."""
@@ -58,23 +63,47 @@ class HorovodBackend(HorovodBackendBase):
     def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, *,
                               compression: str, op: str, backward_passes_per_step: int,
                               gradient_predivide_factor: float) -> torch.optim.Optimizer:
-        """``optimizer`` wrapped by Horovod: gradients are allreduced as backward produces them.
+        """``optimizer`` wrapped by Horovod: gradients are allreduced over this rank's data-parallel group
+        as backward produces them (a pipeline stage's replicas; the whole world without a pipeline).
 
         Horovod is given the names of this optimizer's parameters only (several optimizers may share
         a model).
         """
+        process_set = self.data_process_set
+        if process_set is None:  # the stage's only replica
+            return local_optimizer(optimizer, backward_passes_per_step)
         own = {id(p) for p in parameters_of(optimizer)}
         named = [(n, p) for n, p in model.named_parameters() if id(p) in own] if model is not None else None
         return hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=_COMPRESSION[compression],
                                         backward_passes_per_step=backward_passes_per_step, op=_OPS[op],
-                                        gradient_predivide_factor=gradient_predivide_factor)
+                                        gradient_predivide_factor=gradient_predivide_factor, process_set=process_set)
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
-        """Make every rank's parameters, buffers and optimizer state (each optimizer's) equal to ``root``'s."""
+        """Make every rank's parameters, buffers and optimizer state (each optimizer's) equal to ``root``'s;
+        in a pipeline, each stage's replicas take their first replica's."""
         with self.watch("the initial broadcast of the model and optimizer"):
+            if self.layout.pipeline > 1:
+                self._broadcast_within_stage(model, optimizer)
+                return
             hvd.broadcast_parameters(model.state_dict(), root_rank=root)
             for each in by_name(optimizer).values():
                 hvd.broadcast_optimizer_state(each, root_rank=root)
+
+    def _broadcast_within_stage(self, model: torch.nn.Module, optimizer: Any) -> None:
+        """Every tensor of the stage's model and optimizer state from its first replica, named by stage."""
+        layout, process_set = self.layout, self.data_process_set
+        if process_set is None:
+            return
+        tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
+        for opt_name, each in by_name(optimizer).items():
+            for index, state in each.state_dict()["state"].items():
+                tensors.update({f"optimizer.{opt_name}.{index}.{key}": value for key, value in state.items()
+                                if torch.is_tensor(value)})
+        root = layout.rank_of(layout.stage, 0)
+        handles = [hvd.broadcast_async_(tensor, root_rank=root, name=f"hvdtrain.stage{layout.stage}.{name}",
+                                        process_set=process_set) for name, tensor in sorted(tensors.items())]
+        for handle in handles:
+            hvd.synchronize(handle)
 
     def start_max(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""
@@ -100,9 +129,12 @@ class SerialBackend(CoreSerialBackend):
                               compression: str, op: str, backward_passes_per_step: int,
                               gradient_predivide_factor: float) -> torch.optim.Optimizer:
         """``optimizer`` with Horovod's ``synchronize``/``skip_synchronize`` API, which has nothing to do here."""
-        optimizer.__class__ = type(type(optimizer).__name__, (_LocalSynchronization, type(optimizer)), {})
-        optimizer.backward_passes_per_step = backward_passes_per_step
-        return optimizer
+        return local_optimizer(optimizer, backward_passes_per_step)
+
+    @property
+    def peers(self) -> PeerChannel:
+        raise RuntimeError("a single process has no peers: a pipeline needs hvdtrain.torch.init(pipeline=P) "
+                           "and a launch of P or more workers")
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
         return None
@@ -115,6 +147,13 @@ class SerialBackend(CoreSerialBackend):
 
     def wait(self, handle: torch.Tensor) -> torch.Tensor:
         return handle
+
+
+def local_optimizer(optimizer: torch.optim.Optimizer, backward_passes_per_step: int) -> torch.optim.Optimizer:
+    """``optimizer`` with a distributed optimizer's API for gradients no other rank shares."""
+    optimizer.__class__ = type(type(optimizer).__name__, (_LocalSynchronization, type(optimizer)), {})
+    optimizer.backward_passes_per_step = backward_passes_per_step
+    return optimizer
 
 
 class _LocalSynchronization:
@@ -135,7 +174,7 @@ def default_backend() -> TorchBackend:
     return HorovodBackend()
 
 
-def init(threads_per_worker: int | None = None) -> HorovodBackend:
+def init(threads_per_worker: int | None = None, pipeline: int = 1) -> HorovodBackend:
     """Initialize Horovod, pin this worker's GPU, size torch's thread pool, configure logging.
 
     With CUDA, worker ``local_rank`` uses GPU ``local_rank`` (``torch.cuda.set_device``).
@@ -144,19 +183,32 @@ def init(threads_per_worker: int | None = None) -> HorovodBackend:
         threads_per_worker: intra-op threads per process. Defaults to
             ``OMP_NUM_THREADS`` if set, else the CPU cores divided among the
             local workers, so workers do not fight over cores.
+        pipeline: split each model replica into this many pipeline stages (``Trainer`` then trains
+            stages); the workers are stages x replicas. Needs an MPI launch.
 
     Returns:
-        The job's backend.
+        The job's backend (``backend.layout`` says this rank's stage and replica).
 
     Raises:
-        RuntimeError: a node has fewer GPUs than workers.
+        RuntimeError: a node has fewer GPUs than workers; a pipeline without MPI.
+        LayoutError: a world that is not a multiple of ``pipeline``.
     """
-    hvd.init()
+    initialize(hvd, pipeline, _mpi)
     backend = HorovodBackend()
     pin_gpu(backend.local_rank, backend.local_size)
     torch.set_num_threads(threads_per_worker or default_threads(backend.local_size))
     configure_logging(backend.rank)
     return backend
+
+
+def _mpi() -> Any:
+    """mpi4py's MPI module (its import starts MPI, with full thread support), for a pipeline's messages."""
+    try:
+        from mpi4py import MPI
+    except ImportError as error:
+        raise RuntimeError("a pipeline sends activations with mpi4py, which is not installed: pip install mpi4py "
+                           "(built against the MPI that Horovod uses)") from error
+    return MPI
 
 
 def pin_gpu(local_rank: int, local_size: int) -> None:

@@ -28,8 +28,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
         compression: "none" or "fp16" (halves the bytes sent; slower on CPU).
         backward_passes_per_step: local gradient accumulation before each allreduce.
         op: "average", "sum" or "adasum".
-        scale_lr: multiply each LR by the world size for "average"/"sum" (the
-            linear scaling rule; pair it with ``LearningRateWarmup``).
+        scale_lr: multiply each LR by the model replicas (the world size, without a pipeline) for
+            "average"/"sum" (the linear scaling rule; pair it with ``LearningRateWarmup``).
         gradient_predivide_factor: divide before and after the sum (fp16 range).
 
     Raises:
@@ -46,7 +46,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
     backend = backend or default_backend()
     if scale_lr and op != "adasum":
         for group in optimizer.param_groups:
-            group["lr"] *= backend.size
+            group["lr"] *= backend.layout.data_size
     return backend.distributed_optimizer(optimizer, model, compression=compression, op=op,
                                          backward_passes_per_step=backward_passes_per_step,
                                          gradient_predivide_factor=gradient_predivide_factor)

@@ -1,123 +1,215 @@
-"""Model parallelism: a model split into stages on consecutive ranks, trained as a pipeline.
+"""Pipeline parallelism for the PyTorch Trainer: this rank's stage of the model, and its passes.
 
-Data parallelism (the rest of hvdtrain) copies the whole model to every
-worker. When a model does not fit on one worker, split it instead: each rank
-holds one stage (a slice of the layers), activations flow forward from rank to
-rank and gradients flow back. The batch is cut into micro-batches so the
-stages work at the same time (GPipe's fill-and-drain schedule): with S stages
-and M micro-batches, each stage idles for only (S - 1) of M + S - 1 slots.
-
-Point-to-point messages use mpi4py, so launch with ``mpirun`` (or
-``horovodrun --mpi``). The gradients equal those of the unsplit model on the
-whole batch, because every micro-batch loss is weighted by its share.
+A model too big for one worker is split into stages on consecutive pipeline ranks
+(``hvdtrain.torch.init(pipeline=P)``). Each batch is cut into micro-batches; activations flow
+forward from stage to stage and their gradients flow back, in the order of the schedule
+(``hvdtrain.core.pipeline_schedule``: 1F1B or GPipe). Every micro-batch's loss is weighted by its
+share of the batch, so one pipeline step equals one step of the unsplit model on the whole batch.
+Tensors travel as raw bytes with their dtype and shape (``PeerChannel``): any batch shape, the last
+uneven one included, and float16/bfloat16, pass unchanged.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
-_FORWARD, _BACKWARD = 11, 12
+from hvdtrain.core.layout import Layout
+from hvdtrain.core.pipeline_schedule import FORWARD, stage_actions
+from hvdtrain.engine.peers import PeerChannel
+
+_ACTIVATION, _GRADIENT = 1, 2
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
+           torch.int8, torch.uint8, torch.bool)
+_MAX_DIMS = 5
 
 
-def _mpi_world() -> Any:
-    from mpi4py import MPI
 
-    return MPI.COMM_WORLD
-
-
-class PipelineStage:
-    """This rank's stage of a pipeline-parallel model.
+def stage_module(model: Any, stage: int, stages: int) -> torch.nn.Module:
+    """This rank's stage of ``model``.
 
     Args:
-        module: the layers this rank holds; its input is the previous stage's output.
-        loss_fn: ``loss_fn(outputs, targets)`` (batch mean); used by the last stage only.
-        micro_batches: micro-batches per step (more hides more idle time, costs more messages).
-        comm: an MPI communicator whose ranks are the stages in order (default: COMM_WORLD).
+        model: the stages as a list of ``stages`` modules; an ``nn.Sequential`` (cut into ``stages``
+            runs of layers with about equal parameter counts); or a builder ``stage -> module``, so
+            that no rank builds another stage's layers.
+        stage: this rank's stage.
+        stages: the pipeline's stage count.
 
     Raises:
-        ValueError: a single-process world, or a bad micro-batch count.
+        TypeError: another kind of model; ValueError: a list of the wrong length, or too few layers.
+    """
+    if isinstance(model, torch.nn.Sequential):
+        return split_sequential(model, stages)[stage]
+    if isinstance(model, (list, tuple, torch.nn.ModuleList)):
+        if len(model) != stages:
+            raise ValueError(f"the model was given as {len(model)} stages but the pipeline has {stages} "
+                             f"(hvdtrain.torch.init(pipeline={stages})): give one module per stage")
+        return model[stage]
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        built = model(stage)
+        if not isinstance(built, torch.nn.Module):
+            raise TypeError(f"the stage builder returned {type(built).__name__} for stage {stage}, not a module")
+        return built
+    raise TypeError(f"with a pipeline the model is its stages: a list of modules, an nn.Sequential or a builder "
+                    f"stage -> module (got {type(model).__name__})")
+
+
+def split_sequential(model: torch.nn.Sequential, stages: int) -> list[torch.nn.Sequential]:
+    """``model``'s layers in ``stages`` consecutive runs, cut where the parameter counts are most even."""
+    layers = list(model)
+    if len(layers) < stages:
+        raise ValueError(f"an nn.Sequential of {len(layers)} layers cannot fill {stages} pipeline stages")
+    sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+    cumulative = np.cumsum(sizes, dtype=np.float64)
+    total = cumulative[-1] or 1.0
+    cuts, start = [], 0
+    for stage in range(1, stages):
+        # The cut nearest this stage's share, leaving at least one layer for each stage still to come.
+        low, high = start + 1, len(layers) - (stages - stage)
+        target = total * stage / stages
+        # On a tie, the later cut: a parameter-free layer (an activation) stays with the layer before it.
+        cut = min(range(low, high + 1), key=lambda i: (abs(cumulative[i - 1] - target), -i))
+        cuts.append(cut)
+        start = cut
+    bounds = [0, *cuts, len(layers)]
+    return [torch.nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def micro_batch_slices(batch_size: int, micro_batches: int) -> list[slice]:
+    """Rows of each micro-batch: ``micro_batches`` near-equal parts, the first ones a row longer (fewer
+    parts for a batch with fewer rows)."""
+    count = max(1, min(micro_batches, batch_size))
+    sizes = [batch_size // count + (part < batch_size % count) for part in range(count)]
+    bounds = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+class StagePipeline:
+    """Runs one rank's stage through a batch's micro-batches, talking to its neighbour stages.
+
+    Args:
+        module: this rank's stage.
+        layout: the job's layout (stage, replica, neighbour ranks).
+        peers: the point-to-point channel.
+        schedule: "1f1b" or "gpipe".
+        micro_batches: micro-batches per batch.
+        device: where the stage runs.
+        autocast: the mixed-precision context the forward passes run in.
+
+    Attributes:
+        peak_saved: the most micro-batches whose activations this stage held at once (the 1F1B bound).
     """
 
-    def __init__(self, module: torch.nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-                 micro_batches: int = 4, comm: Any = None) -> None:
-        self.comm = comm or _mpi_world()
-        self.stage, self.stages = self.comm.Get_rank(), self.comm.Get_size()
-        if self.stages < 2:
-            raise ValueError("a pipeline needs at least 2 ranks, one per stage; launch with mpirun -np 2 or more")
-        if micro_batches < 1:
-            raise ValueError(f"micro_batches must be >= 1 (got {micro_batches})")
-        if self.is_last and loss_fn is None:
-            raise ValueError("the last stage computes the loss: pass loss_fn=")
-        self.module, self.loss_fn, self.micro_batches = module, loss_fn, micro_batches
+    def __init__(self, module: torch.nn.Module, layout: Layout, peers: PeerChannel, schedule: str,
+                 micro_batches: int, device: torch.device,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+        self.module, self.layout, self.peers = module, layout, peers
+        self.schedule, self.micro_batches, self.device = schedule, micro_batches, device
+        self.autocast = autocast
+        stage_actions(schedule, layout.stage, layout.pipeline, micro_batches)  # a bad schedule fails here
+        self.peak_saved = 0
 
-    @property
-    def is_first(self) -> bool:
-        return self.stage == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.stage == self.stages - 1
-
-    def train_step(self, inputs: torch.Tensor | None, targets: torch.Tensor | None,
-                   optimizer: torch.optim.Optimizer) -> float | None:
-        """Forward and backward all micro-batches, then step this stage's optimizer.
+    def train(self, inputs: torch.Tensor, targets: Any, batch_size: int,
+              step: Callable[[torch.Tensor, Any], dict[str, torch.Tensor]],
+              backward: Callable[[torch.Tensor], None]) -> dict[str, torch.Tensor]:
+        """Forward and backward every micro-batch of one batch.
 
         Args:
-            inputs: the batch inputs (first stage only; ignored elsewhere).
-            targets: the batch targets (last stage only; ignored elsewhere).
-            optimizer: optimizer over ``module``'s parameters.
+            inputs: the batch's inputs (used on the first stage).
+            targets: the batch's targets (used on the last stage).
+            batch_size: the batch's rows (every stage of a replica sees the same batch).
+            step: on the last stage, ``step(outputs, targets)`` -> logs with the micro-batch's "loss".
+            backward: on the last stage, back-propagates a micro-batch's weighted loss.
 
         Returns:
-            The batch-mean loss on the last stage, None elsewhere.
+            On the last stage, the batch means of ``step``'s logs; {} elsewhere.
         """
-        optimizer.zero_grad()
-        saved = [self._forward(m, inputs, targets) for m in range(self.micro_batches)]
-        for stage_input, output in reversed(saved):
-            self._backward(stage_input, output)
-        optimizer.step()
-        if self.is_last:
-            return float(sum(loss.item() for _, loss in saved))
-        return None
+        parts = micro_batch_slices(batch_size, self.micro_batches)
+        saved: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        sums: dict[str, torch.Tensor] = {}
+        for action in stage_actions(self.schedule, self.layout.stage, self.layout.pipeline, len(parts)):
+            part = parts[action.micro_batch]
+            if action.kind == FORWARD:
+                share = (part.stop - part.start) / batch_size
+                saved[action.micro_batch] = self._forward(action.micro_batch, inputs, targets, part, share, step,
+                                                          sums)
+                self.peak_saved = max(self.peak_saved, len(saved))
+            else:
+                self._backward(action.micro_batch, *saved.pop(action.micro_batch), backward)
+        self.peers.flush()
+        return sums
 
     @torch.no_grad()
-    def predict(self, inputs: torch.Tensor | None) -> torch.Tensor | None:
-        """Forward only; returns the model's outputs on the last stage, None elsewhere."""
-        x = inputs if self.is_first else self._receive(_FORWARD)
-        out = self.module(x)
-        if self.is_last:
-            return out
-        self._send(out, self.stage + 1, _FORWARD)
-        return None
+    def forward_only(self, inputs: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+        """The model's outputs for a batch on the last stage (None elsewhere), micro-batch by micro-batch."""
+        outputs = []
+        for micro, part in enumerate(micro_batch_slices(batch_size, self.micro_batches)):
+            stage_input = self._stage_input(micro, inputs, part)
+            with self.autocast():
+                out = self.module(stage_input)
+            if self.layout.is_last_stage:
+                outputs.append(out)
+            else:
+                self._send(out, self.layout.next_stage_rank, _ACTIVATION)
+        self.peers.flush()
+        return torch.cat(outputs) if outputs else None
 
-    def _forward(self, micro: int, inputs: torch.Tensor | None,
-                 targets: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        if self.is_first:
-            stage_input = None
-            x = torch.tensor_split(inputs, self.micro_batches)[micro]
-        else:
-            stage_input = self._receive(_FORWARD).requires_grad_(True)
-            x = stage_input
-        out = self.module(x)
-        if not self.is_last:
-            self._send(out.detach(), self.stage + 1, _FORWARD)
-            return stage_input, out
-        y = torch.tensor_split(targets, self.micro_batches)[micro]
-        # Weight each micro-batch by its share so the sum equals the whole batch's mean loss.
-        return stage_input, self.loss_fn(out, y) * (len(y) / len(targets))
+    def _forward(self, micro: int, inputs: torch.Tensor, targets: Any, part: slice, share: float,
+                 step: Callable[[torch.Tensor, Any], dict[str, torch.Tensor]],
+                 sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        stage_input = self._stage_input(micro, inputs, part)
+        with self.autocast():
+            out = self.module(stage_input)
+            if not self.layout.is_last_stage:
+                self._send(out.detach(), self.layout.next_stage_rank, _ACTIVATION)
+                return (None if self.layout.is_first_stage else stage_input), out
+            logs = step(out, targets[part])
+        for name, value in logs.items():
+            sums[name] = sums.get(name, 0.0) + value.detach() * share
+        return (None if self.layout.is_first_stage else stage_input), logs["loss"] * share
 
-    def _backward(self, stage_input: torch.Tensor | None, output: torch.Tensor) -> None:
-        if self.is_last:
-            output.backward()
+    def _stage_input(self, micro: int, inputs: torch.Tensor, part: slice) -> torch.Tensor:
+        if self.layout.is_first_stage:
+            return inputs[part]
+        received = self._receive(self.layout.previous_stage_rank, _ACTIVATION, f"micro-batch {micro}'s activations")
+        return received.requires_grad_(torch.is_grad_enabled() and received.is_floating_point())
+
+    def _backward(self, micro: int, stage_input: torch.Tensor | None, output: torch.Tensor,
+                  backward: Callable[[torch.Tensor], None]) -> None:
+        if self.layout.is_last_stage:
+            backward(output)
         else:
-            output.backward(self._receive(_BACKWARD))
-        if not self.is_first:
-            self._send(stage_input.grad, self.stage - 1, _BACKWARD)
+            grad = self._receive(self.layout.next_stage_rank, _GRADIENT, f"micro-batch {micro}'s gradients")
+            torch.autograd.backward(output, grad)
+        if stage_input is not None:
+            self._send(stage_input.grad, self.layout.previous_stage_rank, _GRADIENT)
 
     def _send(self, tensor: torch.Tensor, dest: int, tag: int) -> None:
-        self.comm.send(tensor.numpy(), dest=dest, tag=tag)
+        header, payload = encode(tensor)
+        self.peers.send(header, payload, dest, tag)
 
-    def _receive(self, tag: int) -> torch.Tensor:
-        source = self.stage - 1 if tag == _FORWARD else self.stage + 1
-        return torch.from_numpy(self.comm.recv(source=source, tag=tag))
+    def _receive(self, source: int, tag: int, what: str) -> torch.Tensor:
+        header, payload = self.peers.receive(source, tag, f"stage {self.layout.stage} waiting for {what}")
+        return decode(header, payload).to(self.device)
+
+
+def encode(tensor: torch.Tensor) -> tuple[list[int], np.ndarray]:
+    """(header: dtype index, dims, shape; payload: the raw bytes) of a tensor, for ``PeerChannel``."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"a pipeline stage passes one tensor to the next stage (got {type(tensor).__name__}); "
+                        "return a single tensor from every stage but the last")
+    if tensor.dtype not in _DTYPES or tensor.dim() > _MAX_DIMS:
+        raise TypeError(f"a stage output of dtype {tensor.dtype} with {tensor.dim()} dimensions cannot travel "
+                        f"between stages (dtypes {[str(d) for d in _DTYPES]}, up to {_MAX_DIMS} dimensions)")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return [_DTYPES.index(tensor.dtype), tensor.dim(), *tensor.shape], flat.view(torch.uint8).numpy()
+
+
+def decode(header: np.ndarray, payload: np.ndarray) -> torch.Tensor:
+    dtype, dims = _DTYPES[int(header[0])], int(header[1])
+    shape = [int(d) for d in header[2:2 + dims]]
+    return torch.from_numpy(payload).view(dtype).reshape(shape)

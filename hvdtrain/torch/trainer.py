@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from hvdtrain.torch.backend import TorchBackend, default_backend, default_device
 from hvdtrain.torch.inputs import ShardedInput, StreamingInput, batch_len, make_input, to_device
 from hvdtrain.torch.named_optimizers import NamedOptimizers, by_name
 from hvdtrain.torch.optimizer import DistributedOptimizer, is_distributed
+from hvdtrain.torch.pipeline import StagePipeline, stage_module
 from hvdtrain.torch.precision import MixedPrecision
 from hvdtrain.torch.schedule import SchedulerDriver
 from hvdtrain.torch.updates import ManualOptimization, OptimizerUpdate
@@ -62,9 +63,14 @@ class Trainer(EpochLoop):
 
     Args:
         model: the network; every rank builds it the same way (several networks: one ``nn.ModuleDict``).
+            Split into pipeline stages (``hvdtrain.torch.init(pipeline=P)``), it is the stages: a list
+            of P modules, an ``nn.Sequential`` (cut into P runs of layers) or a builder ``stage -> module``
+            (no rank builds another stage's layers). See docs/parallelism.md.
         optimizer: a plain torch optimizer (wrapped for you) or one already
             wrapped with ``hvdtrain.torch.DistributedOptimizer``; or several as ``{name: optimizer}``,
-            each over its own parameters (then ``training_step`` takes ``(batch, opt)``).
+            each over its own parameters (then ``training_step`` takes ``(batch, opt)``). With a
+            pipeline: a factory ``params -> optimizer``, or one optimizer of one parameter group (it is
+            rebuilt over each stage's parameters).
         loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss (the default step's).
         train_data: tensors, a ``TensorDataset``, a map-style Dataset (sharded for you), a
             ``DataLoader`` (re-sharded through its sampler when it has a standard one, else used as
@@ -90,7 +96,7 @@ class Trainer(EpochLoop):
     """
 
     @accepts_options
-    def __init__(self, model: torch.nn.Module,
+    def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module] | Callable[[int], torch.nn.Module],
                  optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, train_data: Any = None,
                  val_data: Any = None, *, training_step: Step | None = None, validation_step: Step | None = None,
@@ -107,9 +113,17 @@ class Trainer(EpochLoop):
         if backend is None:
             backend = default_backend()
         self.backend = backend
+        self.layout = backend.layout
         self.device = torch.device(device) if device is not None else default_device(backend.local_rank)
+        if self.layout.pipeline > 1:
+            _check_pipeline_options(o, training_step, validation_step, type(self))
+        if self.layout.pipeline > 1 or not isinstance(model, torch.nn.Module):  # the model given as stages
+            model = stage_module(model, self.layout.stage, self.layout.pipeline)
+            optimizer = _stage_optimizer(optimizer, model)
         self.model = model.to(self.device)
         self.precision = MixedPrecision(o.precision, self.device)
+        self.stages = StagePipeline(self.model, self.layout, backend.peers, o.pipeline_schedule, o.micro_batches,
+                                    self.device, self.precision.autocast) if self.layout.pipeline > 1 else None
         self.optimizer = self._distributed(optimizer, model, o)
         self.lr_scheduler = self._driver(lr_scheduler, o)
         # Checkpointed and broadcast beside the model and optimizer: the loss scale, the LR scheduler.
@@ -151,10 +165,14 @@ class Trainer(EpochLoop):
         if o.lr is not None:
             for group in optimizer.param_groups:
                 group["lr"] = o.lr
+        # Each micro-batch of a pipeline is a backward pass of its own.
+        passes = o.backward_passes_per_step * (o.micro_batches if self.stages else 1)
         return DistributedOptimizer(optimizer, model, backend=self.backend, compression=o.compression, op=o.op,
-                                    backward_passes_per_step=o.backward_passes_per_step, scale_lr=o.scale_lr)
+                                    backward_passes_per_step=passes, scale_lr=o.scale_lr)
 
     def _accumulation(self) -> int:
+        if self.stages:
+            return self.options.backward_passes_per_step
         passes = {getattr(each, "backward_passes_per_step", 1) for each in by_name(self.optimizer).values()}
         if len(passes) > 1:
             raise ValueError(f"the optimizers accumulate different numbers of batches ({sorted(passes)}); "
@@ -171,7 +189,7 @@ class Trainer(EpochLoop):
 
     def _lr_scale(self, o: TrainingOptions) -> int:
         """The linear scaling rule's factor for this world size (1 when it is off)."""
-        return self.backend.size if o.lr_follows_world_size else 1
+        return self.layout.data_size if o.lr_follows_world_size else 1
 
     def _drive_learning_rates(self) -> None:
         """Let the LR callback take its base LRs from the lr_scheduler, adding one if there is none."""
@@ -186,8 +204,8 @@ class Trainer(EpochLoop):
 
     def _input(self, data: Any, shuffle: bool) -> ShardedInput | StreamingInput:
         o = self.options
-        return make_input(data, self.backend.rank, self.backend.size, o.batch_size, shuffle=shuffle, seed=o.seed,
-                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        return make_input(data, self.layout.data_rank, self.layout.data_size, o.batch_size, shuffle=shuffle,
+                          seed=o.seed, num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
     def _position_data(self, epoch: int, samples_seen: int) -> int | None:
         return self.train_input.set_epoch(epoch, samples_seen, self.ctx.progress.batches_done)
@@ -221,13 +239,19 @@ class Trainer(EpochLoop):
         return self.model(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     def _default_step(self, batch: Any, name: str) -> dict[str, torch.Tensor]:
+        inputs, targets = self._pair(batch, name)
+        return self._step_logs(self.model(inputs), targets)
+
+    def _pair(self, batch: Any, name: str) -> tuple[Any, Any]:
         if self.loss_fn is None:
             raise TypeError(f"Trainer has no loss_fn for its default {name}: pass loss_fn= or {name}=")
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise TypeError(f"the default {name} takes (inputs, targets) batches, not {type(batch).__name__}: "
                             f"pass {name}=fn(batch) (or override it in a subclass) for other batches")
-        inputs, targets = batch[0], batch[1]
-        outputs = self.model(inputs)
+        return batch[0], batch[1]
+
+    def _step_logs(self, outputs: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
+        """The default step's loss and metrics of ``outputs``."""
         logs = {"loss": self.loss_fn(outputs, targets)}
         with torch.no_grad():
             logs.update({metric: fn(outputs.float(), targets) for metric, fn in self.metrics.items()})
@@ -287,7 +311,7 @@ class Trainer(EpochLoop):
         update = self._is_update_step(ctx)
         # Streamed: "no next batch" and the sample count are reduced while forward and backward run.
         stream = _StreamEnd(self.backend, has_next, local) if global_size is None else None
-        weight = self._gradient_weight(ctx, local, global_size or local * ctx.size)
+        weight = self._gradient_weight(ctx, local, global_size or local * ctx.data_size)
         self.opt.start_batch(weight, update, stream.ends_epoch if stream else lambda: False, ctx.global_step + 1)
         logs = self._run_training_step(batch)
         checked, bad_rank = self.opt.finish_batch()
@@ -300,6 +324,8 @@ class Trainer(EpochLoop):
 
     def _run_training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The user's step; in automatic mode the Trainer runs backward and step for it."""
+        if self.stages:
+            return self._pipeline_step(batch)
         if self.manual:
             with self.precision.autocast():
                 return self._as_logs(self.training_step(batch, self.opt), "training_step")
@@ -308,6 +334,29 @@ class Trainer(EpochLoop):
         self.opt.backward(logs["loss"])
         self.opt.step()
         return logs
+
+    def _pipeline_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """This stage's passes of the batch's micro-batches, the update, and the last stage's logs on every rank."""
+        inputs, targets = self._pair(batch, "training_step")
+        size = batch_len(batch)
+
+        def micro_batches(update: Any, weight: float) -> dict[str, torch.Tensor]:
+            return self.stages.train(inputs, targets, size, self._step_logs,
+                                     lambda loss: update.backward(loss, weight, start_check=False, own_only=False))
+
+        logs = self.opt.backward_with(micro_batches)
+        self.opt.step()
+        return self._last_stage_logs(logs, size)
+
+    def _last_stage_logs(self, logs: dict[str, torch.Tensor], local: int) -> dict[str, torch.Tensor]:
+        """The last stage's batch means, averaged over its replicas, on every rank (one world allreduce)."""
+        names = ["loss", *self.metrics]
+        last = self.layout.is_last_stage
+        values = [logs[name].detach().double().reshape(()) * local if last else
+                  torch.zeros((), dtype=torch.float64, device=self.device) for name in names]
+        count = torch.tensor(float(local if last else 0), dtype=torch.float64, device=self.device)
+        totals = self.backend.wait(self.backend.start_sum(torch.stack([*values, count]), "hvdtrain.pipeline.logs"))
+        return dict(zip(names, totals[:-1] / totals[-1]))
 
     # Evaluation and prediction.
 
@@ -323,8 +372,9 @@ class Trainer(EpochLoop):
         for batch, _ in self._input(data, shuffle=False):
             batch = to_device(batch, self.device)
             local = batch_len(batch)
-            with self.precision.autocast():
-                logs = self._as_logs(self.validation_step(batch), "validation_step")
+            logs = self._evaluate_batch(batch, local)
+            if logs is None:  # a pipeline stage before the last
+                continue
             for name, value in logs.items():
                 sums[name] = sums.get(name, 0.0) + value.double() * local
             count += local
@@ -333,6 +383,17 @@ class Trainer(EpochLoop):
             if names else []
         totals = self.backend.allreduce_sum([*values, count])
         return {f"val_{name}": total / max(totals[-1], 1) for name, total in zip(names, totals[:-1])}
+
+    def _evaluate_batch(self, batch: Any, local: int) -> dict[str, torch.Tensor] | None:
+        if self.stages is None:
+            with self.precision.autocast():
+                return self._as_logs(self.validation_step(batch), "validation_step")
+        inputs, targets = self._pair(batch, "validation_step")
+        outputs = self.stages.forward_only(inputs, local)
+        if outputs is None:
+            return None
+        with self.precision.autocast():
+            return self._step_logs(outputs, targets)
 
     @torch.no_grad()
     def predict(self, data: Any, *, all_ranks: bool = False) -> Any:
@@ -350,13 +411,49 @@ class Trainer(EpochLoop):
         source = self._input(data, shuffle=False)
         outputs = []
         for batch, _ in source:
+            batch = to_device(batch, self.device)
+            if self.stages is not None:
+                out = self.stages.forward_only(batch[0] if isinstance(batch, (tuple, list)) else batch,
+                                               batch_len(batch))
+                outputs += [] if out is None else [out.float().cpu()]
+                continue
             with self.precision.autocast():
-                outputs.append(self.predict_step(to_device(batch, self.device)).float().cpu())
+                outputs.append(self.predict_step(batch).float().cpu())
         order = None if source.streaming else np.concatenate([*source.sampler.order, np.zeros(0, dtype=np.int64)])
         gathered = self.backend.allgather_object((order, torch.cat(outputs) if outputs else None))
         if not all_ranks and self.backend.rank != 0:
             return None
         return _in_sample_order(gathered)
+
+
+def _check_pipeline_options(o: TrainingOptions, training_step: Step | None, validation_step: Step | None,
+                            trainer: type) -> None:
+    """What a pipeline cannot do yet, refused before anything is built."""
+    custom = training_step is not None or validation_step is not None or \
+        trainer.training_step is not Trainer.training_step or trainer.validation_step is not Trainer.validation_step
+    problems = [
+        (custom, "runs the default step loss_fn(model(x), y) with metrics=: a custom training_step or "
+                 "validation_step cannot be split across stages"),
+        (o.precision == "16-mixed", "trains in precision '32' or 'bf16-mixed': float16's loss scale is not agreed "
+                                    "across stages"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ValueError(f"a pipeline (hvdtrain.torch.init(pipeline=P)) {message}")
+
+
+def _stage_optimizer(optimizer: Any, stage: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over this stage's parameters: built by a factory, or a copy of a one-group optimizer."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("with a pipeline, give an optimizer of one parameter group (it is rebuilt over each "
+                             "stage's parameters) or a factory params -> optimizer")
+        settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+        return type(optimizer)(stage.parameters(), **settings)
+    if callable(optimizer) and not isinstance(optimizer, Mapping):
+        return optimizer(stage.parameters())
+    raise TypeError("with a pipeline, the optimizer is one torch optimizer or a factory params -> optimizer "
+                    f"(got {type(optimizer).__name__})")
 
 
 def _takes_two_arguments(step: Callable[..., Any]) -> bool:

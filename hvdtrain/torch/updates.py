@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from hvdtrain.torch.backend import TorchBackend
 from hvdtrain.torch.named_optimizers import parameters_of
 from hvdtrain.torch.precision import MixedPrecision
+
+T = TypeVar("T")
 
 
 class OptimizerUpdate:
@@ -76,10 +78,26 @@ class OptimizerUpdate:
         if bad_rank < 0:
             self.precision.unscale(self.optimizer)
             if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+                self._clip()
             self.precision.step(self.optimizer)
         self.optimizer.zero_grad()
         return bad_rank if bad_rank >= 0 else None
+
+
+    def _clip(self) -> None:
+        """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients: across a pipeline's
+        stages, whose squared norms are summed over the world (each stage counted once per replica)."""
+        layout = self.backend.layout
+        if layout.pipeline == 1:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+            return
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        squares = sum((g.detach().double().square().sum() for g in grads),
+                      torch.zeros((), dtype=torch.float64, device=self._this_rank.device))
+        total = self.backend.wait(self.backend.start_sum(squares.reshape(1), "hvdtrain.grad_norm"))[0]
+        scale = (self.clip_norm / ((total / layout.data_size).sqrt() + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(scale.to(grad.dtype))
 
 
 @dataclass
@@ -138,12 +156,19 @@ class ManualOptimization:
         Raises:
             ValueError: a second backward for ``name`` in this batch (add the losses instead).
         """
+        own_only = len(self._updates) > 1
+        self.backward_with(lambda update, weight: update.backward(loss, weight, start_check=self._batch.update,
+                                                                  own_only=own_only), name)
+
+    def backward_with(self, run: Callable[[OptimizerUpdate, float], T], name: str | None = None) -> T:
+        """The batch's backward for optimizer ``name``, run by ``run(update, loss weight)`` (a pipeline's
+        micro-batches); returns what ``run`` returns. Once per optimizer and batch, as ``backward``."""
         update, batch = self._update(name), self._current("backward")
         if update.name in batch.backward:
             raise ValueError(f"backward(loss, {update.name!r}) ran twice in one batch: add the losses and "
                              "call it once (Horovod allreduces each gradient once per backward pass)")
         batch.backward.add(update.name)
-        update.backward(loss, batch.weight, start_check=batch.update, own_only=len(self._updates) > 1)
+        return run(update, batch.weight)
 
     def step(self, name: str | None = None) -> None:
         """Apply optimizer ``name``'s averaged gradients (or, mid accumulation round, keep them).

@@ -43,3 +43,40 @@ def test_non_finite_scores_are_never_best(tmp_path):
 def test_bad_policy_is_rejected(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         CheckpointManager(tmp_path, **kwargs)
+
+
+def _save_stages(manager, epoch, step, stages=2, score=None):
+    """A pipeline checkpoint as the stages and rank 0 write it: parts first, then the manifest."""
+    checkpoint = manager.directory_for(epoch, step)
+    parts = dict(manager.save_part(checkpoint, stage, f"stage {stage} at {step}".encode(), {"stage": stage})
+                 for stage in range(stages))
+    return manager.save_manifest(checkpoint, b"manifest", parts, epoch=epoch, global_step=step, score=score)
+
+
+def test_a_checkpoint_of_stage_parts_is_a_directory_kept_pruned_and_verified_like_a_file(tmp_path):
+    from hvdtrain.core.checkpoint import MANIFEST
+
+    manager = CheckpointManager(tmp_path, keep_last=2, keep_best=0)
+    for step in (10, 20, 30):
+        _save_stages(manager, step // 10, step)
+    assert [c.path.name for c in manager.checkpoints()] == ["ckpt-epoch0002-step00000020",
+                                                            "ckpt-epoch0003-step00000030"]
+    newest = manager.checkpoints()[-1]
+    assert sorted(newest.parts) == ["stage000.ckpt", "stage001.ckpt"]
+    info, payload = manager.load_latest()
+    assert info.path == newest.path and payload == b"manifest"
+
+    # A save cut short before its manifest is not a checkpoint, and the next save clears it away.
+    cut_short = manager.directory_for(4, 40)
+    manager.save_part(cut_short, 0, b"orphan", {"stage": 0})
+    assert manager.load_latest()[0].path == newest.path
+    _save_stages(manager, 5, 50)
+    assert not cut_short.exists()
+
+    # A corrupted or missing part makes resume fall back to the checkpoint before it.
+    part = manager.checkpoints()[-1].path / "stage001.ckpt"
+    part.write_bytes(part.read_bytes()[:-3])
+    assert manager.load_latest()[0].path == newest.path
+    (newest.path / "stage000.ckpt").unlink()
+    assert manager.load_latest() is None
+    assert (newest.path / MANIFEST).is_file()

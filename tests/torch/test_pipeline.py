@@ -1,31 +1,97 @@
-"""Model parallelism: a model split across 2 ranks under real mpirun."""
+"""Pipeline parallelism in the Trainer, under real mpirun: exact training, the 1F1B bound, resume, faults."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from hvdtrain.core.checkpoint import CheckpointManager
+from hvdtrain.engine.watchdog import TIMEOUT_ENV
 from tests.launch import REPO, results, run_workers
 
 pytestmark = pytest.mark.parallel
+WORKERS = Path(__file__).parent / "workers"
+EXACT = WORKERS / "pipeline_worker.py"
+TRAIN = WORKERS / "pipeline_train_worker.py"
 
 
-def test_pipeline_step_equals_unsplit_model_step():
-    ranks = results(run_workers(Path(__file__).parent / "workers" / "pipeline_worker.py", launcher="mpirun"))
-    assert sorted(ranks) == [0, 1]
-    for r in ranks.values():
-        assert r["param_error"] < 1e-12 and r["params"] > 0
-    assert ranks[1]["loss"] == pytest.approx(ranks[1]["ref_loss"], abs=1e-12)
+# schedule:micro_batches:accumulation:clip (0.05 clips every step: the norm spans every stage)
+@pytest.mark.parametrize(("np", "stages", "configs"), [
+    (2, 2, ["gpipe:4:1:0", "1f1b:4:1:0", "1f1b:3:2:0.05"]),
+    (4, 2, ["gpipe:2:1:0.05", "1f1b:4:2:0"]),
+    (3, 3, ["1f1b:4:1:0", "gpipe:2:1:0"]),
+], ids=["P2xD1", "P2xD2", "P3xD1"])
+def test_the_pipeline_trains_exactly_as_the_unsplit_model(np, stages, configs):
+    ranks = results(run_workers(EXACT, [str(stages), *configs], np=np, launcher="mpirun", timeout=240))
+    assert sorted(ranks) == list(range(np))
+    for rank in ranks.values():
+        for config, found in rank["results"].items():
+            schedule, micro = config.split(":")[:2]
+            assert found["weight_error"] < 1e-10, (rank["rank"], config, found)
+            assert found["loss"] == pytest.approx(found["ref_loss"], rel=1e-9)
+            # GPipe holds every micro-batch's activations; 1F1B at most the stages still ahead, whatever M is.
+            bound = int(micro) if schedule == "gpipe" else min(stages - rank["stage"], int(micro))
+            assert found["peak_saved"] == bound, (rank["rank"], config, found)
 
 
-def test_model_parallel_example_learns_digits():
-    proc = run_workers(REPO / "examples" / "model_parallel_digits.py", launcher="mpirun")
-    accuracy = float(re.search(r"final val_accuracy=([0-9.]+) with the model split across 2 ranks", proc.stdout)[1])
-    assert accuracy >= 0.95
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
+    args = ["--epochs", "2", "--every-n-steps", "4"]
+    reference = results(run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "ref")], launcher="mpirun"))
+    crashed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--die-at-step", "14"],
+                          launcher="mpirun", check=False)
+    assert crashed.returncode != 0
+    saved = CheckpointManager(tmp_path / "run").checkpoints()
+    assert saved[-1].path.name == "ckpt-epoch0000-step00000012"
+    assert sorted(p.name for p in saved[-1].path.iterdir()) == ["manifest.ckpt", "stage000.ckpt", "stage001.ckpt"]
+
+    resumed = run_workers(TRAIN, [*args, "--checkpoint-dir", str(tmp_path / "run"), "--resume"], launcher="mpirun")
+    ranks = results(resumed)
+    assert "at epoch 0, step 12 (batch 12 of the epoch)" in resumed.stdout
+    for rank in (0, 1):
+        assert ranks[rank]["resumed_from"].endswith("ckpt-epoch0000-step00000012")
+        assert ranks[rank]["global_step"] == reference[rank]["global_step"] == 38
+        assert ranks[rank]["params"] == pytest.approx(reference[rank]["params"], abs=1e-6)
+    assert ranks[0]["history"][-1]["val_loss"] == pytest.approx(reference[0]["history"][-1]["val_loss"])
+
+    # The newest checkpoint with a corrupted part is passed over for the one before it.
+    newest = CheckpointManager(tmp_path / "ref").checkpoints()[-1].path
+    part = newest / "stage001.ckpt"
+    part.write_bytes(part.read_bytes()[:-50])
+    refused = run_workers(TRAIN, ["--epochs", "2", "--checkpoint-dir", str(tmp_path / "ref"), "--resume",
+                                  "--stages", "1"], launcher="mpirun", check=False)
+    output = refused.stdout + refused.stderr
+    assert f"{part} is truncated" in output and "falling back to the previous checkpoint" in output
+    assert "was written by 2 pipeline stage(s) x 1 replica(s) but this job is 1 pipeline stage x 2 data " \
+           "replicas" in output
+    assert refused.returncode != 0
 
 
-def test_pipeline_refuses_a_single_process():
-    proc = run_workers(REPO / "examples" / "model_parallel_digits.py", np=1, launcher="mpirun", check=False)
+def test_a_stopped_stage_ends_the_job_naming_the_wait():
+    start = time.monotonic()
+    proc = run_workers(TRAIN, ["--epochs", "3", "--stop-at-step", "5", "--die-rank", "1"], launcher="mpirun",
+                       check=False, timeout=120, env={TIMEOUT_ENV: "10"})
+    output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "a pipeline needs at least 2 ranks" in proc.stderr
+    found = re.search(r"\[hvdtrain rank 0\] ERROR: stage 0 waiting for micro-batch \d's (gradients|activations) "
+                      r"from rank 1 has waited \d+ s", output)
+    assert found, output[-4000:]
+    assert time.monotonic() - start < 90
+
+
+@pytest.mark.parametrize(("np", "schedule"), [(2, "1f1b"), (4, "gpipe")])
+def test_the_pipeline_example_learns_digits(np, schedule, tmp_path):
+    proc = run_workers(REPO / "examples" / "pipeline_digits.py",
+                       ["--stages", "2", "--epochs", "10", "--schedule", schedule, "--no-progress",
+                        "--output-dir", str(tmp_path)], np=np, launcher="mpirun")
+    replicas = np // 2
+    found = re.search(rf"final val_accuracy=([0-9.]+) after 10 epochs on 2 pipeline stages x {replicas} data "
+                      "replica", proc.stdout)
+    assert found and float(found[1]) >= 0.95, proc.stdout[-2000:]
+
+
+def test_a_gloo_launch_is_refused_naming_the_fix():
+    proc = run_workers(TRAIN, ["--epochs", "1"], launcher="horovodrun", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "needs an MPI launch" in proc.stderr and "hvdtrain run --mpi" in proc.stderr

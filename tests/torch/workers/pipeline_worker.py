@@ -1,35 +1,51 @@
-"""One pipeline step must equal one step of the unsplit model on the whole batch."""
+"""Pipeline training in the Trainer must equal the unsplit model trained in one process on the same global batches.
+
+Usage: pipeline_worker.py STAGES CONFIG...   CONFIG = schedule:micro_batches:accumulation:clip (clip 0: none)
+Each rank reports, per config, the largest difference between its stage's weights and the same layers of
+the reference, the training loss both logged, and how many micro-batches' activations it held at once.
+"""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
-from mpi4py import MPI
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
-from model_parallel_digits import build_model, split
-
-from hvdtrain.torch.pipeline import PipelineStage
+import hvdtrain.torch as ht
+from hvdtrain.torch.pipeline import split_sequential
 from tests.launch import report
 
-comm = MPI.COMM_WORLD
-rank, size = comm.Get_rank(), comm.Get_size()
-model = build_model(3).double()
-reference = build_model(3).double()
-stage_module = split(model, rank, size)
-stage = PipelineStage(stage_module, nn.functional.cross_entropy, micro_batches=3, comm=comm)
-gen = torch.Generator().manual_seed(1)
-x = torch.randn(20, 64, generator=gen, dtype=torch.float64)
-y = torch.randint(0, 10, (20,), generator=gen)
+stages = int(sys.argv[1])
+backend = ht.init(pipeline=stages)
+layout = backend.layout
 
-loss = stage.train_step(x, y, torch.optim.SGD(stage_module.parameters(), lr=0.5))
-ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
-ref_loss = nn.functional.cross_entropy(reference(x), y)
-ref_loss.backward()
-ref_opt.step()
-mine = torch.cat([p.reshape(-1) for p in stage_module.parameters()])
-theirs = torch.cat([p.reshape(-1) for p in split(reference, rank, size).parameters()])
-report({"rank": rank, "param_error": (mine - theirs).abs().max().item(),
-                              "loss": loss, "ref_loss": ref_loss.item(), "params": mine.numel()})
+generator = torch.Generator().manual_seed(3)
+x = torch.randn(90, 8, generator=generator, dtype=torch.float64)
+y = torch.randint(0, 3, (90,), generator=generator)
+
+
+def build() -> nn.Sequential:
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(),
+                         nn.Linear(12, 3)).double()
+
+
+def train(model: nn.Sequential, config: str, **where) -> tuple[list[dict], ht.Trainer]:
+    schedule, micro, accumulation, clip = config.split(":")
+    trainer = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), nn.functional.cross_entropy,
+                         (x, y), epochs=2, backward_passes_per_step=int(accumulation),
+                         grad_clip_norm=float(clip) or None, scale_lr=False, progress=False,
+                         micro_batches=int(micro), pipeline_schedule=schedule, **where)
+    return trainer.fit(), trainer
+
+
+results = {}
+for config in sys.argv[2:]:
+    pipeline_history, trainer = train(build(), config, batch_size=8)
+    reference = build()
+    reference_history, _ = train(reference, config, batch_size=8 * layout.data_size, backend=ht.SerialBackend())
+    mine = dict(split_sequential(reference, stages)[layout.stage].named_parameters())
+    error = max((p.detach() - mine[name].detach()).abs().max().item() for name, p in trainer.model.named_parameters())
+    results[config] = {"weight_error": error, "loss": pipeline_history[-1]["loss"],
+                       "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.stages.peak_saved}
+report({"rank": layout.rank, "stage": layout.stage, "replica": layout.replica, "results": results})

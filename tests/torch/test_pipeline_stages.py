@@ -1,0 +1,66 @@
+"""The pieces of the pipeline that need no other process: stages, micro-batches, the wire format."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hvdtrain.torch as ht
+from hvdtrain.torch.pipeline import decode, encode, micro_batch_slices, split_sequential, stage_module
+
+
+def test_a_sequential_is_cut_where_the_parameter_counts_are_most_even():
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    first, second = split_sequential(model, 2)
+    assert [type(m).__name__ for m in first] == ["Linear", "ReLU"]  # 16.6k of the 51.3k parameters
+    assert len(second) == 3 and second[0] is model[2]
+    assert [len(stage) for stage in split_sequential(model, 5)] == [1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="5 layers cannot fill 6 pipeline stages"):
+        split_sequential(model, 6)
+
+
+def test_every_form_of_stages_gives_this_ranks_stage():
+    layers = [nn.Linear(4, 4), nn.Linear(4, 2)]
+    assert stage_module(layers, 1, 2) is layers[1]
+    assert isinstance(stage_module(lambda stage: layers[stage], 0, 2), nn.Linear)
+    with pytest.raises(ValueError, match="given as 2 stages but the pipeline has 3"):
+        stage_module(layers, 0, 3)
+    with pytest.raises(TypeError, match="returned str for stage 0"):
+        stage_module(lambda stage: "layers", 0, 2)
+
+
+def test_micro_batches_are_near_equal_and_never_empty():
+    assert [s.stop - s.start for s in micro_batch_slices(10, 4)] == [3, 3, 2, 2]
+    assert [s.stop - s.start for s in micro_batch_slices(3, 4)] == [1, 1, 1]  # a short last batch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool])
+def test_tensors_travel_as_raw_bytes_with_their_dtype_and_shape(dtype):
+    tensor = (torch.randn(3, 1, 5) * 4).to(dtype)
+    header, payload = encode(tensor)
+    assert payload.nbytes == tensor.numel() * tensor.element_size()
+    assert torch.equal(decode(torch.tensor(header).numpy(), payload.copy()), tensor)
+    with pytest.raises(TypeError, match="one tensor to the next stage"):
+        encode((tensor, tensor))
+
+
+def test_stages_given_to_a_one_process_trainer_train_as_one_model():
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    stages = [nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 2)]
+    trainer = ht.Trainer(lambda stage: stages[stage], lambda params: torch.optim.SGD(params, lr=0.1),
+                         nn.functional.cross_entropy, (x, y), backend=ht.SerialBackend(), progress=False)
+    before = stages[0][0].weight.detach().clone()
+    trainer.fit()
+    assert trainer.stages is None and trainer.model is stages[0]  # one stage: the builder's stage 0
+    assert not torch.equal(before, stages[0][0].weight)
+
+
+def test_what_a_pipeline_cannot_do_is_refused_before_anything_is_built():
+    from hvdtrain.core.options import TrainingOptions
+    from hvdtrain.torch.trainer import _check_pipeline_options
+
+    with pytest.raises(ValueError, match="precision '32' or 'bf16-mixed'"):
+        _check_pipeline_options(TrainingOptions(precision="16-mixed"), None, None, ht.Trainer)
+    with pytest.raises(ValueError, match="a custom training_step or validation_step"):
+        _check_pipeline_options(TrainingOptions(), lambda batch: batch, None, ht.Trainer)
