@@ -137,6 +137,27 @@ def gpu_problems(gpus: Mapping[str, Any], tensor_operations: Mapping[str, bool])
                     "finds a GPU")]
 
 
+def pipeline_problems(probe: Mapping[str, Any] | None) -> list[Problem]:
+    """What stops pipeline parallelism (``hvdtrain.torch.init(pipeline=P)``): its stages send with mpi4py
+    beside Horovod's own MPI thread, so both need one MPI with MPI_THREAD_MULTIPLE.
+
+    Args:
+        probe: the doctor's pipeline probe, or None when mpi4py is not installed.
+    """
+    fix = ("install Open MPI 4 or later (`make setup`), `pip install --no-binary mpi4py mpi4py` against it, and "
+           f"{REBUILD}")
+    if probe is None:
+        return [Problem("warning", "mpi4py is not installed: pipeline parallelism cannot send activations", fix)]
+    if not probe.get("loads"):
+        return [Problem("warning", f"MPI could not start for pipeline parallelism: {probe.get('error')}", fix)]
+    if not probe.get("horovod_mpi"):
+        return [Problem("warning", "Horovod was built without MPI: pipeline parallelism needs it", fix)]
+    if not (probe.get("mpi4py_threads") and probe.get("horovod_threads")):
+        return [Problem("warning", "this MPI gives no MPI_THREAD_MULTIPLE: a pipeline's sends would race with "
+                                   "Horovod's MPI thread", fix)]
+    return []
+
+
 def requirement_problems(require: list[str], report: Mapping[str, Any]) -> list[Problem]:
     """Each name of ``--require`` that this installation does not provide.
 

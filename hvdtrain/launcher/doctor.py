@@ -23,6 +23,7 @@ from hvdtrain.launcher.checks import (
     extension_problems,
     gpu_problems,
     missing_horovod_problem,
+    pipeline_problems,
     requirement_problems,
     version_problems,
 )
@@ -52,6 +53,17 @@ if "{module}" == "torch":
         "cudnn": framework.backends.cudnn.version() if cuda else None,
         "nccl": ".".join(map(str, framework.cuda.nccl.version())) if cuda else None,
     }}
+print({tag!r} + json.dumps(result), flush=True)
+"""
+# A pipeline's stages send with mpi4py beside Horovod's MPI thread: both need MPI_THREAD_MULTIPLE.
+_PIPELINE_PROBE = """
+import json
+from mpi4py import MPI
+import horovod.torch as hvd
+hvd.init()
+mpi = bool(hvd.mpi_enabled())
+result = {{"mpi4py_threads": MPI.Query_thread() == MPI.THREAD_MULTIPLE, "horovod_mpi": mpi,
+          "horovod_threads": mpi and bool(hvd.mpi_threads_supported())}}
 print({tag!r} + json.dumps(result), flush=True)
 """
 
@@ -121,7 +133,11 @@ def installed_versions(mpirun: str | None) -> dict[str, str | None]:
 
 def start_probe(framework: str) -> subprocess.Popen:
     """Start loading ``horovod.<framework>`` in a child interpreter (this one)."""
-    code = _PROBE.format(module=framework, flags=BUILD_FLAGS, tag=PROBE_TAG)
+    return start_code(_PROBE.format(module=framework, flags=BUILD_FLAGS, tag=PROBE_TAG))
+
+
+def start_code(code: str) -> subprocess.Popen:
+    """Start ``code`` in a child interpreter (this one); it prints its result after ``PROBE_TAG``."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -182,7 +198,10 @@ def collect(require: list[str] | None = None) -> dict[str, Any]:
     build_key = recorded_build_key()
     # The build script keys builds by distribution versions and Python's major.minor.
     distributions = {**versions, "python": ".".join(platform.python_version_tuple()[:2])}
+    pipeline_probe = start_code(_PIPELINE_PROBE.format(tag=PROBE_TAG)) \
+        if versions["horovod"] and versions["torch"] and versions["mpi4py"] else None
     extensions = probe_extensions(versions) if versions["horovod"] else {}
+    pipeline = finish_probe(pipeline_probe) if pipeline_probe else None
     for name, probe in extensions.items():  # the version Horovod compares with, where it could be read
         versions[name] = probe.get("framework_version") or versions[name]
     report: dict[str, Any] = {
@@ -192,6 +211,7 @@ def collect(require: list[str] | None = None) -> dict[str, Any]:
         "horovod": {"installed": versions["horovod"] is not None, "built_against": recorded,
                     "build_key": build_key, "extensions": extensions, **build_summary(extensions)},
         "gpus": extensions.get("torch", {}).get("gpus") or {"count": 0, "names": []},
+        "pipeline": pipeline,
     }
     problems = []
     if not versions["horovod"]:
@@ -202,6 +222,8 @@ def collect(require: list[str] | None = None) -> dict[str, Any]:
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     problems += environment_problems(launchers["mpirun"], launchers["horovodrun"], is_root, os.environ)
     problems += gpu_problems(report["gpus"], report["horovod"].get("tensor_operations", {}))
+    if versions["horovod"] and versions["torch"]:
+        problems += pipeline_problems(pipeline)
     problems += requirement_problems(require or [], report)
     report["problems"] = [problem.as_dict() for problem in problems]
     report["ok"] = not any(problem.severity == "error" for problem in problems)
@@ -238,6 +260,9 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines = ["Versions"] + [f"  {name:<11} {value or 'not installed'}" for name, value in rows]
     lines.append(f"  {'GPUs':<11} {_gpu_line(report['gpus'])}")
+    if report.get("pipeline") is not None:
+        ready = not pipeline_problems(report["pipeline"])
+        lines.append(f"  {'Pipelines':<11} {'ready: MPI with thread support' if ready else 'not available'}")
     if horovod["installed"]:
         titles = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
         lines += [

@@ -20,6 +20,7 @@ from hvdtrain.launcher.checks import (
     extension_problems,
     parse_build_key,
     parse_requirements,
+    pipeline_problems,
     requirement_problems,
     version_problems,
 )
@@ -136,6 +137,20 @@ def test_real_installation_loads_both_extensions(report):
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert report["gpus"]["count"] == gpus
     assert ("GPUs        none visible to torch" in text) == (gpus == 0)
+    assert report["pipeline"] == {"loads": True, "error": None, "mpi4py_threads": True, "horovod_mpi": True,
+                                  "horovod_threads": True}
+    assert "Pipelines   ready: MPI with thread support" in text
+
+
+def test_what_stops_a_pipeline_is_named_with_the_fix():
+    ready = {"loads": True, "mpi4py_threads": True, "horovod_mpi": True, "horovod_threads": True}
+    assert pipeline_problems(ready) == []
+    cases = [(None, "mpi4py is not installed"), ({"loads": False, "error": "boom"}, "could not start"),
+             ({**ready, "horovod_mpi": False}, "built without MPI"),
+             ({**ready, "mpi4py_threads": False}, "no MPI_THREAD_MULTIPLE")]
+    for probe, message in cases:
+        [problem] = pipeline_problems(probe)
+        assert problem.severity == "warning" and message in problem.message and "mpi4py" in problem.fix
 
 
 def test_doctor_json_structure_and_require_nccl_fails_on_a_cpu_build():
