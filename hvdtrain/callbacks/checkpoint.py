@@ -10,7 +10,7 @@ from hvdtrain._version import __version__
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
 from hvdtrain.core.checkpoint import MANIFEST, CheckpointError, CheckpointInfo, CheckpointManager, load_file, part_name
-from hvdtrain.core.checkpoint_io import read_checkpoint
+from hvdtrain.core.checkpoint_io import read_checkpoint, read_header
 from hvdtrain.core.context import TrainContext
 from hvdtrain.core.elastic import rescale_for_world_size
 from hvdtrain.core.state_codec import LegacyCheckpointError, legacy_message
@@ -77,9 +77,9 @@ class ModelCheckpoint(Callback):
                rng_states: list[Any]) -> dict[str, Any]:
         state = {"model_optimizer": ctx.adapter.state_dict(ctx.model, ctx.optimizer),
                  **self._run_state(ctx, resume_point, rng_states)}
-        return self._attempt(lambda: self.manager.save(
+        return self._saved(self._attempt(lambda: self.manager.save(
             ctx.adapter.serialize(state), epoch=resume_point["epoch"], global_step=ctx.global_step, score=score,
-            metadata=self._metadata(ctx)))
+            metadata=self._metadata(ctx))))
 
     def _save_stages(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None,
                      rng_states: list[Any]) -> dict[str, Any]:
@@ -87,23 +87,31 @@ class ModelCheckpoint(Callback):
         layout, epoch = ctx.layout, resume_point["epoch"]
         checkpoint = self.manager.directory_for(epoch, ctx.global_step)
         written = None
-        if layout.replica == 0:
+        if layout.data_rank == 0:
             header = {"stage": layout.stage, "pipeline": layout.pipeline, "epoch": epoch,
                       "global_step": ctx.global_step}
             written = self._attempt(lambda: self.manager.save_part(
                 checkpoint, layout.stage, ctx.adapter.serialize(ctx.adapter.state_dict(ctx.model, ctx.optimizer)),
                 header))
+            if "path" in written:
+                written["sha256"] = read_header(Path(written["path"]))["payload_sha256"]
         reports = [report for report in ctx.backend.allgather_object(written) if report is not None]
         failed = [report for report in reports if "error" in report]
         if failed:
             return failed[0] if ctx.is_root else {}
         if not ctx.is_root:
             return {}
-        parts = dict(report["path"] for report in reports)
+        parts = {Path(report["path"]).name: report["sha256"] for report in reports}
         state = self._run_state(ctx, resume_point, rng_states)
-        return self._attempt(lambda: self.manager.save_manifest(
+        return self._saved(self._attempt(lambda: self.manager.save_manifest(
             checkpoint, ctx.adapter.serialize(state), parts, epoch=epoch, global_step=ctx.global_step, score=score,
-            metadata=self._metadata(ctx)))
+            metadata=self._metadata(ctx))))
+
+    @staticmethod
+    def _saved(outcome: dict[str, Any]) -> dict[str, Any]:
+        if "path" in outcome:
+            log.info("saved checkpoint %s", outcome["path"])
+        return outcome
 
     @staticmethod
     def _run_state(ctx: TrainContext, resume_point: dict[str, Any], rng_states: list[Any]) -> dict[str, Any]:
@@ -116,19 +124,20 @@ class ModelCheckpoint(Callback):
                 "versions": dict(ctx.adapter.versions(), hvdtrain=__version__)}
 
     def _attempt(self, write: Any) -> dict[str, Any]:
-        """``{"path": write()}``, or ``{"error": ...}`` naming the problem and the fix (never raised alone)."""
+        """``{"path": write()}``, or ``{"error": ...}`` naming the problem and the fix: never raised on one
+        rank alone, which would leave the others waiting in the save's next collective."""
         try:
             path = write()
-        except (TypeError, ValueError) as err:
-            log.exception("could not encode the checkpoint state")
-            return {"error": f"could not encode the checkpoint state: {err}"}
         except OSError as err:
             return {"error": f"could not write a checkpoint in {self.manager.directory}: {err}. "
                              "Free disk space or choose another checkpoint directory; the previous "
                              "checkpoints are untouched."}
-        if isinstance(path, tuple):  # (name, digest) of a stage's part
-            return {"path": path}
-        log.info("saved checkpoint %s", path)
+        except CheckpointError as err:
+            return {"error": str(err)}
+        except Exception as err:
+            log.exception("could not encode the checkpoint state")
+            return {"error": f"could not encode the checkpoint state: {type(err).__name__}: {err}"}
+        log.debug("wrote %s", path)
         return {"path": str(path)}
 
 
@@ -225,7 +234,7 @@ class ResumeFromCheckpoint(Callback):
         if not info.parts:  # a directory's parts are loaded by their stages, in _restore_everywhere
             ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, state["model_optimizer"])
         history = state.get("history", state["progress"].get("history", []))  # 0.1.0 kept it in "progress"
-        return {"path": str(info.path), "world_size": old_size, "progress": state["progress"], "history": history,
+        return {"path": str(info.path), "data_size": old_size, "progress": state["progress"], "history": history,
                 "callbacks": state["callbacks"], "rng": state["rng"], "stage_parts": bool(info.parts)}
 
     def _find(self) -> tuple[CheckpointInfo, bytes] | None:
@@ -240,7 +249,7 @@ class ResumeFromCheckpoint(Callback):
         try:
             ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, ctx.adapter.deserialize(read_checkpoint(part)[1]))
             error = None
-        except (CheckpointError, OSError, RuntimeError, KeyError, ValueError) as err:
+        except Exception as err:  # agreed below: raising on this rank alone would leave the others waiting
             error = f"rank {ctx.rank} could not load {part}: {type(err).__name__}: {err}"
         errors = [each for each in ctx.backend.allgather_object(error) if each]
         if errors:
@@ -254,7 +263,7 @@ class ResumeFromCheckpoint(Callback):
         ctx.history = list(found["history"])
         if ctx.callbacks is not None:
             ctx.callbacks.load_state_dict(found["callbacks"])
-        old_size = found["world_size"]  # model replicas (the world, without a pipeline)
+        old_size = found["data_size"]
         if old_size == ctx.data_size:
             ctx.adapter.set_rng_state(found["rng"][ctx.rank])
         else:

@@ -102,16 +102,26 @@ class CheckpointManager:
                                         header.get("score"), header))
         return sorted(infos, key=lambda i: (i.global_step, i.epoch, i.path.name))
 
-    def save_part(self, checkpoint: Path, stage: int, payload: bytes, header: dict[str, Any]) -> tuple[str, str]:
-        """Write one stage's part of checkpoint directory ``checkpoint``; returns (its name, its SHA-256)."""
+    def save_part(self, checkpoint: Path, stage: int, payload: bytes, header: dict[str, Any]) -> Path:
+        """Write one stage's part of checkpoint directory ``checkpoint``."""
         checkpoint.mkdir(parents=True, exist_ok=True)
-        path = write_checkpoint(checkpoint / part_name(stage), header, payload)
-        return path.name, read_header(path)["payload_sha256"]
+        return write_checkpoint(checkpoint / part_name(stage), header, payload)
 
     def save_manifest(self, checkpoint: Path, payload: bytes, parts: dict[str, str], *, epoch: int,
                       global_step: int, score: float | None = None,
                       metadata: dict[str, Any] | None = None) -> Path:
-        """Commit checkpoint directory ``checkpoint`` (every part written) with its manifest, then prune."""
+        """Commit checkpoint directory ``checkpoint`` with its manifest, then prune.
+
+        Args:
+            parts: {part file: its payload's SHA-256}, as the stages reported them.
+
+        Raises:
+            CheckpointError: a part is not in ``checkpoint`` as seen from here (no shared file system).
+        """
+        for name, digest in parts.items():
+            if not (checkpoint / name).is_file() or read_header(checkpoint / name).get("payload_sha256") != digest:
+                raise CheckpointError(f"{checkpoint / name} was written by its stage but this rank does not see it: "
+                                      "every rank must reach the checkpoint directory (a shared file system)")
         header = dict(metadata or {}, epoch=epoch, global_step=global_step, score=_finite_or_none(score),
                       mode=self.mode, parts=parts)
         write_checkpoint(checkpoint / MANIFEST, header, payload)

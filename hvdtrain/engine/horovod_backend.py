@@ -90,7 +90,7 @@ class HorovodBackendBase:
         """The Horovod process set of this rank's data-parallel group: Horovod's global set when it is the
         whole world, None when this rank is its stage's only replica (nothing to average)."""
         layout = self.layout
-        if layout.data == 1 and layout.world_size > 1:
+        if layout.data_size == 1 and layout.world_size > 1:
             return None
         return HorovodBackendBase._data_process_set or self.hvd.global_process_set
 
@@ -212,6 +212,8 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
         RuntimeError: a pipeline without an MPI launch, without MPI thread support, or under elastic.
         LayoutError: a world that is not a multiple of ``pipeline``.
     """
+    HorovodBackendBase._pipeline_layout = HorovodBackendBase._data_process_set = None  # an earlier init's
+    HorovodBackendBase._peer_comm = HorovodBackendBase._peers = None
     if pipeline == 1:
         hvd.init()
         return
@@ -224,11 +226,8 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
                            "adapter does not provide")
     comm = _mpi_world(pipeline, mpi())
     layout = Layout.for_world(comm.Get_size(), comm.Get_rank(), pipeline)
-    per_stage = [hvd.ProcessSet(group) for group in layout.data_groups()] if layout.data > 1 else []
-    hvd.init(process_sets=per_stage)
-    if not hvd.mpi_threads_supported():
-        raise RuntimeError("pipeline stages send with mpi4py beside Horovod's own MPI calls, which needs MPI "
-                           "built with thread support (MPI_THREAD_MULTIPLE); use Open MPI 4 or later")
+    per_stage = [hvd.ProcessSet(group) for group in layout.data_groups()] if layout.data_size > 1 else []
+    hvd.init(process_sets=per_stage)  # joins the MPI that mpi4py started with MPI_THREAD_MULTIPLE
     HorovodBackendBase._pipeline_layout = layout
     HorovodBackendBase._data_process_set = per_stage[layout.stage] if per_stage else None
     HorovodBackendBase._peer_comm = comm.Dup()

@@ -3,7 +3,8 @@
 Each message is a fixed-size int64 header (its meaning is the caller's; its first entry is the
 payload's byte count) followed by the payload's raw bytes, both with the same tag, so MPI's
 per-pair, per-tag ordering keeps them together. Nothing is pickled. Sends return at once; their
-buffers are kept until ``flush``. Every wait is watched, so a peer that died or stalled ends this
+buffers (which may share memory with the caller's tensors: do not change those) are kept until
+``flush``. Every wait is watched, so a peer that died or stalled ends this
 rank with a message naming the wait instead of a hang.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-HEADER = 8
+HEADER = 10
 
 Watch = Callable[[str], contextlib.AbstractContextManager]
 

@@ -13,6 +13,7 @@ import horovod.torch as hvd
 import torch
 from horovod.common.elastic import State as HorovodState
 
+from hvdtrain.core.agreement import check_ranks_agree
 from hvdtrain.core.backend import Backend
 from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
@@ -81,10 +82,10 @@ class HorovodBackend(HorovodBackendBase):
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
         """Make every rank's parameters, buffers and optimizer state (each optimizer's) equal to ``root``'s;
         in a pipeline, each stage's replicas take their first replica's."""
+        if self.layout.pipeline > 1:
+            self._broadcast_within_stage(model, optimizer)
+            return
         with self.watch("the initial broadcast of the model and optimizer"):
-            if self.layout.pipeline > 1:
-                self._broadcast_within_stage(model, optimizer)
-                return
             hvd.broadcast_parameters(model.state_dict(), root_rank=root)
             for each in by_name(optimizer).values():
                 hvd.broadcast_optimizer_state(each, root_rank=root)
@@ -92,18 +93,22 @@ class HorovodBackend(HorovodBackendBase):
     def _broadcast_within_stage(self, model: torch.nn.Module, optimizer: Any) -> None:
         """Every tensor of the stage's model and optimizer state from its first replica, named by stage."""
         layout, process_set = self.layout, self.data_process_set
-        if process_set is None:
-            return
         tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
         for opt_name, each in by_name(optimizer).items():
             for index, state in each.state_dict()["state"].items():
                 tensors.update({f"optimizer.{opt_name}.{index}.{key}": value for key, value in state.items()
                                 if torch.is_tensor(value)})
+        # Named by each rank's own tensors: the replicas must hold the same ones, or the broadcast would stall.
+        check_ranks_agree(self, [(name, tuple(t.shape), str(t.dtype)) for name, t in sorted(tensors.items())],
+                          "model and optimizer state")
+        if process_set is None:  # the stage's only replica
+            return
         root = layout.rank_of(layout.stage, 0)
-        handles = [hvd.broadcast_async_(tensor, root_rank=root, name=f"hvdtrain.stage{layout.stage}.{name}",
-                                        process_set=process_set) for name, tensor in sorted(tensors.items())]
-        for handle in handles:
-            hvd.synchronize(handle)
+        with self.watch("the initial broadcast of the stage's model and optimizer"):
+            handles = [hvd.broadcast_async_(tensor, root_rank=root, name=f"hvdtrain.stage{layout.stage}.{name}",
+                                            process_set=process_set) for name, tensor in sorted(tensors.items())]
+            for handle in handles:
+                hvd.synchronize(handle)
 
     def start_max(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""

@@ -1,7 +1,7 @@
 """Pipeline parallelism for the PyTorch Trainer: this rank's stage of the model, and its passes.
 
-A model too big for one worker is split into stages on consecutive pipeline ranks
-(``hvdtrain.torch.init(pipeline=P)``). Each batch is cut into micro-batches; activations flow
+A model too big for one worker is split into stages, each on its own rank
+(``hvdtrain.torch.init(pipeline=P)``; ``Layout`` says which). Each batch is cut into micro-batches; activations flow
 forward from stage to stage and their gradients flow back, in the order of the schedule
 (``hvdtrain.core.pipeline_schedule``: 1F1B or GPipe). Every micro-batch's loss is weighted by its
 share of the batch, so one pipeline step equals one step of the unsplit model on the whole batch.
@@ -134,7 +134,7 @@ class StagePipeline:
         for action in stage_actions(self.schedule, self.layout.stage, self.layout.pipeline, len(parts)):
             part = parts[action.micro_batch]
             if action.kind == FORWARD:
-                share = (part.stop - part.start) / batch_size
+                share = (part.stop - part.start) / batch_size if batch_size else 0.0
                 saved[action.micro_batch] = self._forward(action.micro_batch, inputs, targets, part, share, step,
                                                           sums)
                 self.peak_saved = max(self.peak_saved, len(saved))
@@ -154,7 +154,7 @@ class StagePipeline:
             if self.layout.is_last_stage:
                 outputs.append(out)
             else:
-                self._send(out, self.layout.next_stage_rank, _ACTIVATION)
+                self._send(out, micro, self.layout.next_stage_rank, _ACTIVATION)
         self.peers.flush()
         return torch.cat(outputs) if outputs else None
 
@@ -165,7 +165,7 @@ class StagePipeline:
         with self.autocast():
             out = self.module(stage_input)
             if not self.layout.is_last_stage:
-                self._send(out.detach(), self.layout.next_stage_rank, _ACTIVATION)
+                self._send(out.detach(), micro, self.layout.next_stage_rank, _ACTIVATION)
                 return (None if self.layout.is_first_stage else stage_input), out
             logs = step(out, targets[part])
         for name, value in logs.items():
@@ -175,7 +175,7 @@ class StagePipeline:
     def _stage_input(self, micro: int, inputs: torch.Tensor, part: slice) -> torch.Tensor:
         if self.layout.is_first_stage:
             return inputs[part]
-        received = self._receive(self.layout.previous_stage_rank, _ACTIVATION, f"micro-batch {micro}'s activations")
+        received = self._receive(micro, self.layout.previous_stage_rank, _ACTIVATION, "activations")
         return received.requires_grad_(torch.is_grad_enabled() and received.is_floating_point())
 
     def _backward(self, micro: int, stage_input: torch.Tensor | None, output: torch.Tensor,
@@ -183,18 +183,24 @@ class StagePipeline:
         if self.layout.is_last_stage:
             backward(output)
         else:
-            grad = self._receive(self.layout.next_stage_rank, _GRADIENT, f"micro-batch {micro}'s gradients")
+            grad = self._receive(micro, self.layout.next_stage_rank, _GRADIENT, "gradients")
             torch.autograd.backward(output, grad)
         if stage_input is not None:
-            self._send(stage_input.grad, self.layout.previous_stage_rank, _GRADIENT)
+            # An input the stage did not use gets no gradient; the previous stage still waits for one.
+            grad = stage_input.grad if stage_input.grad is not None else torch.zeros_like(stage_input)
+            self._send(grad, micro, self.layout.previous_stage_rank, _GRADIENT)
 
-    def _send(self, tensor: torch.Tensor, dest: int, tag: int) -> None:
+    def _send(self, tensor: torch.Tensor, micro: int, dest: int, tag: int) -> None:
         header, payload = encode(tensor)
-        self.peers.send(header, payload, dest, tag)
+        self.peers.send([micro, *header], payload, dest, tag)
 
-    def _receive(self, source: int, tag: int, what: str) -> torch.Tensor:
-        header, payload = self.peers.receive(source, tag, f"stage {self.layout.stage} waiting for {what}")
-        return decode(header, payload).to(self.device)
+    def _receive(self, micro: int, source: int, tag: int, what: str) -> torch.Tensor:
+        header, payload = self.peers.receive(source, tag, f"stage {self.layout.stage} waiting for micro-batch "
+                                                          f"{micro}'s {what}")
+        if int(header[0]) != micro:
+            raise RuntimeError(f"stage {self.layout.stage} expected micro-batch {micro}'s {what} from rank {source} "
+                               f"but got micro-batch {int(header[0])}'s: the stages run different schedules")
+        return decode(header[1:], payload).to(self.device)
 
 
 def encode(tensor: torch.Tensor) -> tuple[list[int], np.ndarray]:

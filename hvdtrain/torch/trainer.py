@@ -11,6 +11,7 @@ import torch
 from hvdtrain.callbacks import Callback, CallbackList, LearningRateSchedule, default_callbacks
 from hvdtrain.core.backend import any_rank
 from hvdtrain.core.context import TrainContext
+from hvdtrain.core.layout import Layout
 from hvdtrain.core.options import TrainingOptions, accepts_options
 from hvdtrain.core.progress import StepOutcome
 from hvdtrain.engine.loop import EpochLoop
@@ -113,17 +114,16 @@ class Trainer(EpochLoop):
         if backend is None:
             backend = default_backend()
         self.backend = backend
-        self.layout = backend.layout
         self.device = torch.device(device) if device is not None else default_device(backend.local_rank)
         if self.layout.pipeline > 1:
-            _check_pipeline_options(o, training_step, validation_step, type(self))
+            _check_pipeline_options(o, optimizer, training_step, validation_step, type(self))
         if self.layout.pipeline > 1 or not isinstance(model, torch.nn.Module):  # the model given as stages
             model = stage_module(model, self.layout.stage, self.layout.pipeline)
             optimizer = _stage_optimizer(optimizer, model)
         self.model = model.to(self.device)
         self.precision = MixedPrecision(o.precision, self.device)
-        self.stages = StagePipeline(self.model, self.layout, backend.peers, o.pipeline_schedule, o.micro_batches,
-                                    self.device, self.precision.autocast) if self.layout.pipeline > 1 else None
+        self.pipeline = StagePipeline(self.model, self.layout, backend.peers, o.pipeline_schedule, o.micro_batches,
+                                      self.device, self.precision.autocast) if self.layout.pipeline > 1 else None
         self.optimizer = self._distributed(optimizer, model, o)
         self.lr_scheduler = self._driver(lr_scheduler, o)
         # Checkpointed and broadcast beside the model and optimizer: the loss scale, the LR scheduler.
@@ -146,6 +146,10 @@ class Trainer(EpochLoop):
                                        for name, each in by_name(self.optimizer).items()}, self.precision)
         self.train_data = train_data
         self.train_input = self._input(train_data, shuffle=True)
+        if self.pipeline and self.train_input.streaming:
+            raise TypeError("a pipeline's stages must each read the same batches: give tensors, a Dataset or a "
+                            "DataLoader with a standard sampler (hvdtrain shards them), not a stream each rank "
+                            "reads on its own")
         self.val_data = val_data
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
@@ -153,6 +157,11 @@ class Trainer(EpochLoop):
         self._drive_learning_rates()
         self.ctx = TrainContext(backend=backend, adapter=self.adapter, model=model, optimizer=self.optimizer,
                                 max_epochs=o.epochs, scale_lr=o.lr_follows_world_size)
+
+    @property
+    def layout(self) -> Layout:
+        """Pipeline stages x data replicas, read live from the backend (elastic training resizes it)."""
+        return self.backend.layout
 
     def _distributed(self, optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
                      model: torch.nn.Module, o: TrainingOptions) -> torch.optim.Optimizer | NamedOptimizers:
@@ -166,12 +175,12 @@ class Trainer(EpochLoop):
             for group in optimizer.param_groups:
                 group["lr"] = o.lr
         # Each micro-batch of a pipeline is a backward pass of its own.
-        passes = o.backward_passes_per_step * (o.micro_batches if self.stages else 1)
+        passes = o.backward_passes_per_step * (o.micro_batches if self.pipeline else 1)
         return DistributedOptimizer(optimizer, model, backend=self.backend, compression=o.compression, op=o.op,
                                     backward_passes_per_step=passes, scale_lr=o.scale_lr)
 
     def _accumulation(self) -> int:
-        if self.stages:
+        if self.pipeline:
             return self.options.backward_passes_per_step
         passes = {getattr(each, "backward_passes_per_step", 1) for each in by_name(self.optimizer).values()}
         if len(passes) > 1:
@@ -324,7 +333,7 @@ class Trainer(EpochLoop):
 
     def _run_training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The user's step; in automatic mode the Trainer runs backward and step for it."""
-        if self.stages:
+        if self.pipeline:
             return self._pipeline_step(batch)
         if self.manual:
             with self.precision.autocast():
@@ -336,27 +345,37 @@ class Trainer(EpochLoop):
         return logs
 
     def _pipeline_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """This stage's passes of the batch's micro-batches, the update, and the last stage's logs on every rank."""
+        """This stage's passes of the batch's micro-batches, then one world allreduce that brings the last
+        stage's logs to every rank and agrees on non-finite losses, then the update."""
         inputs, targets = self._pair(batch, "training_step")
         size = batch_len(batch)
 
-        def micro_batches(update: Any, weight: float) -> dict[str, torch.Tensor]:
-            return self.stages.train(inputs, targets, size, self._step_logs,
+        def micro_batches(update: OptimizerUpdate, weight: float) -> tuple[dict[str, torch.Tensor], OptimizerUpdate]:
+            logs = self.pipeline.train(inputs, targets, size, self._step_logs,
                                      lambda loss: update.backward(loss, weight, start_check=False, own_only=False))
+            return logs, update
 
-        logs = self.opt.backward_with(micro_batches)
+        logs, update = self.opt.backward_with(micro_batches)
+        logs, highest_flag = self._share_last_stage(logs, size, update.flag)
+        update.flags_agreed(highest_flag)
         self.opt.step()
-        return self._last_stage_logs(logs, size)
+        return logs
 
-    def _last_stage_logs(self, logs: dict[str, torch.Tensor], local: int) -> dict[str, torch.Tensor]:
-        """The last stage's batch means, averaged over its replicas, on every rank (one world allreduce)."""
+    def _share_last_stage(self, logs: dict[str, torch.Tensor], local: int,
+                          flag: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One world sum: the last stage's batch means averaged over its replicas, known on every rank, and
+        the highest of the ranks' non-finite flags (each rank's flag in its own slot)."""
         names = ["loss", *self.metrics]
         last = self.layout.is_last_stage
-        values = [logs[name].detach().double().reshape(()) * local if last else
-                  torch.zeros((), dtype=torch.float64, device=self.device) for name in names]
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        values = [logs[name].detach().double().reshape(()) * local if last else zero for name in names]
         count = torch.tensor(float(local if last else 0), dtype=torch.float64, device=self.device)
-        totals = self.backend.wait(self.backend.start_sum(torch.stack([*values, count]), "hvdtrain.pipeline.logs"))
-        return dict(zip(names, totals[:-1] / totals[-1]))
+        flags = torch.zeros(self.backend.size, dtype=torch.float64, device=self.device)
+        flags[self.backend.rank] = flag.double()
+        totals = self.backend.wait(self.backend.start_sum(torch.cat([torch.stack([*values, count]), flags]),
+                                                          "hvdtrain.pipeline.step"))
+        sums, count, flags = totals[:len(names)], totals[len(names)], totals[len(names) + 1:]
+        return dict(zip(names, sums / count)), flags.max()
 
     # Evaluation and prediction.
 
@@ -385,11 +404,11 @@ class Trainer(EpochLoop):
         return {f"val_{name}": total / max(totals[-1], 1) for name, total in zip(names, totals[:-1])}
 
     def _evaluate_batch(self, batch: Any, local: int) -> dict[str, torch.Tensor] | None:
-        if self.stages is None:
+        if self.pipeline is None:
             with self.precision.autocast():
                 return self._as_logs(self.validation_step(batch), "validation_step")
         inputs, targets = self._pair(batch, "validation_step")
-        outputs = self.stages.forward_only(inputs, local)
+        outputs = self.pipeline.forward_only(inputs, local)
         if outputs is None:
             return None
         with self.precision.autocast():
@@ -412,8 +431,8 @@ class Trainer(EpochLoop):
         outputs = []
         for batch, _ in source:
             batch = to_device(batch, self.device)
-            if self.stages is not None:
-                out = self.stages.forward_only(batch[0] if isinstance(batch, (tuple, list)) else batch,
+            if self.pipeline is not None:
+                out = self.pipeline.forward_only(batch[0] if isinstance(batch, (tuple, list)) else batch,
                                                batch_len(batch))
                 outputs += [] if out is None else [out.float().cpu()]
                 continue
@@ -426,16 +445,20 @@ class Trainer(EpochLoop):
         return _in_sample_order(gathered)
 
 
-def _check_pipeline_options(o: TrainingOptions, training_step: Step | None, validation_step: Step | None,
-                            trainer: type) -> None:
+def _check_pipeline_options(o: TrainingOptions, optimizer: Any, training_step: Step | None,
+                            validation_step: Step | None, trainer: type) -> None:
     """What a pipeline cannot do yet, refused before anything is built."""
+    steps = ("training_step", "validation_step", "predict_step")
     custom = training_step is not None or validation_step is not None or \
-        trainer.training_step is not Trainer.training_step or trainer.validation_step is not Trainer.validation_step
+        any(getattr(trainer, step) is not getattr(Trainer, step) for step in steps)
     problems = [
-        (custom, "runs the default step loss_fn(model(x), y) with metrics=: a custom training_step or "
-                 "validation_step cannot be split across stages"),
+        (custom, "runs the default step loss_fn(model(x), y) with metrics=: a custom training_step, "
+                 "validation_step or predict_step cannot be split across stages"),
         (o.precision == "16-mixed", "trains in precision '32' or 'bf16-mixed': float16's loss scale is not agreed "
                                     "across stages"),
+        (o.op == "adasum", "averages gradients (op='average' or 'sum'): Horovod's Adasum needs the whole world"),
+        (is_distributed(optimizer), "builds each stage's distributed optimizer itself: give the plain optimizer "
+                                    "(or a factory params -> optimizer), not one already wrapped"),
     ]
     for failed, message in problems:
         if failed:
@@ -448,8 +471,9 @@ def _stage_optimizer(optimizer: Any, stage: torch.nn.Module) -> torch.optim.Opti
         if len(optimizer.param_groups) != 1:
             raise ValueError("with a pipeline, give an optimizer of one parameter group (it is rebuilt over each "
                              "stage's parameters) or a factory params -> optimizer")
-        settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
-        return type(optimizer)(stage.parameters(), **settings)
+        # The group's settings the constructor takes (not what schedulers add, such as initial_lr).
+        group = optimizer.param_groups[0]
+        return type(optimizer)(stage.parameters(), **{key: group[key] for key in optimizer.defaults if key in group})
     if callable(optimizer) and not isinstance(optimizer, Mapping):
         return optimizer(stage.parameters())
     raise TypeError("with a pipeline, the optimizer is one torch optimizer or a factory params -> optimizer "

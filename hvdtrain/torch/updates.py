@@ -44,6 +44,7 @@ class OptimizerUpdate:
         self._nonfinite_rank = torch.zeros((), device=device)  # 1 + this rank once a loss was not finite
         self._this_rank = torch.zeros((), device=device)
         self._check: Any = None  # the started agreement on the flag
+        self._agreed: torch.Tensor | None = None  # or the flags' max, agreed by the caller's own collective
         self.reset()
 
     def reset(self) -> None:
@@ -51,6 +52,17 @@ class OptimizerUpdate:
         self._nonfinite_rank.zero_()
         self._this_rank.fill_(self.backend.rank + 1)
         self._check = None
+        self._agreed = None
+
+    @property
+    def flag(self) -> torch.Tensor:
+        """1 + this rank if a loss since the last update was not finite, else 0 (what the ranks agree on)."""
+        return self._nonfinite_rank
+
+    def flags_agreed(self, highest: torch.Tensor) -> None:
+        """The ranks' flags were agreed in a collective of the caller's (``highest``: their max): the next
+        ``apply`` runs no check of its own (a pipeline shares them with the last stage's logs)."""
+        self._agreed = highest
 
     def backward(self, loss: torch.Tensor, weight: float, start_check: bool, own_only: bool) -> None:
         """Back-propagate ``loss * weight``; ``own_only``: into this optimizer's parameters alone."""
@@ -69,11 +81,12 @@ class OptimizerUpdate:
         Returns:
             The highest rank whose loss was not finite, agreed by all ranks, or None.
         """
-        check = self._start_check() if self._check is None else self._check  # late: a streamed epoch's end
+        agreed, self._agreed = self._agreed, None
+        check = None if agreed is not None else self._check or self._start_check()  # late: a streamed epoch's end
         self._check = None
         with self.backend.watch(f"the gradient allreduce of step {step_number}"):
             self.optimizer.synchronize()
-            bad_rank = int(self.backend.wait(check).item()) - 1
+            bad_rank = int((agreed if check is None else self.backend.wait(check)).item()) - 1
         self._nonfinite_rank.zero_()
         if bad_rank < 0:
             self.precision.unscale(self.optimizer)

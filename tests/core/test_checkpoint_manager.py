@@ -1,6 +1,7 @@
 import pytest
 
-from hvdtrain.core.checkpoint import CheckpointManager
+from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager
+from hvdtrain.core.checkpoint_io import read_header
 
 
 def _save(manager, step, score=None):
@@ -48,8 +49,9 @@ def test_bad_policy_is_rejected(tmp_path, kwargs, message):
 def _save_stages(manager, epoch, step, stages=2, score=None):
     """A pipeline checkpoint as the stages and rank 0 write it: parts first, then the manifest."""
     checkpoint = manager.directory_for(epoch, step)
-    parts = dict(manager.save_part(checkpoint, stage, f"stage {stage} at {step}".encode(), {"stage": stage})
-                 for stage in range(stages))
+    written = [manager.save_part(checkpoint, stage, f"stage {stage} at {step}".encode(), {"stage": stage})
+               for stage in range(stages)]
+    parts = {path.name: read_header(path)["payload_sha256"] for path in written}
     return manager.save_manifest(checkpoint, b"manifest", parts, epoch=epoch, global_step=step, score=score)
 
 
@@ -65,6 +67,11 @@ def test_a_checkpoint_of_stage_parts_is_a_directory_kept_pruned_and_verified_lik
     assert sorted(newest.parts) == ["stage000.ckpt", "stage001.ckpt"]
     info, payload = manager.load_latest()
     assert info.path == newest.path and payload == b"manifest"
+
+    # A part this rank cannot see (no shared file system) fails the save instead of committing it.
+    with pytest.raises(CheckpointError, match="does not see it: every rank must reach the checkpoint directory"):
+        manager.save_manifest(manager.directory_for(9, 90), b"manifest", {"stage000.ckpt": "0" * 64}, epoch=9,
+                              global_step=90)
 
     # A save cut short before its manifest is not a checkpoint, and the next save clears it away.
     cut_short = manager.directory_for(4, 40)

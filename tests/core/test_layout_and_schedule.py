@@ -11,7 +11,7 @@ from hvdtrain.core.pipeline_schedule import BACKWARD, FORWARD, peak_saved, stage
 
 def test_ranks_are_stage_major_and_every_group_is_known():
     layouts = [Layout.for_world(6, rank, pipeline=3) for rank in range(6)]
-    assert [(lay.stage, lay.replica) for lay in layouts] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [(lay.stage, lay.data_rank) for lay in layouts] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
     middle = layouts[3]
     assert (middle.data_size, middle.data_rank, middle.world_size) == (2, 1, 6)
     assert (middle.previous_stage_rank, middle.next_stage_rank) == (1, 5)

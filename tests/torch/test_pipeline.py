@@ -1,6 +1,7 @@
 """Pipeline parallelism in the Trainer, under real mpirun: exact training, the 1F1B bound, resume, faults."""
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -66,6 +67,18 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert "was written by 2 pipeline stage(s) x 1 replica(s) but this job is 1 pipeline stage x 2 data " \
            "replicas" in output
     assert refused.returncode != 0
+
+
+def test_a_nan_loss_on_the_last_stage_stops_every_stage_at_that_step_and_predict_still_works():
+    ranks = results(run_workers(TRAIN, ["--epochs", "2", "--nan-at-step", "4", "--predict"], np=4,
+                                launcher="mpirun"))
+    assert sorted(ranks) == [0, 1, 2, 3]
+    for r in ranks.values():
+        assert r["global_step"] == 4, r
+        # Ranks 2 and 3 hold the last stage: the highest of them is named.
+        assert "non-finite loss on rank 3 at step 4; that step was not applied" in r["stop_reason"]
+        assert all(math.isfinite(v) for v in r["params"]), "the NaN step must not reach any stage's weights"
+        assert r["predicted"] == ranks[0]["predicted"] and len(r["predicted"]) == 100
 
 
 def test_a_stopped_stage_ends_the_job_naming_the_wait():

@@ -52,7 +52,7 @@ def test_stages_given_to_a_one_process_trainer_train_as_one_model():
                          nn.functional.cross_entropy, (x, y), backend=ht.SerialBackend(), progress=False)
     before = stages[0][0].weight.detach().clone()
     trainer.fit()
-    assert trainer.stages is None and trainer.model is stages[0]  # one stage: the builder's stage 0
+    assert trainer.pipeline is None and trainer.model is stages[0]  # one stage: the builder's stage 0
     assert not torch.equal(before, stages[0][0].weight)
 
 
@@ -60,7 +60,21 @@ def test_what_a_pipeline_cannot_do_is_refused_before_anything_is_built():
     from hvdtrain.core.options import TrainingOptions
     from hvdtrain.torch.trainer import _check_pipeline_options
 
+    sgd = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="precision '32' or 'bf16-mixed'"):
-        _check_pipeline_options(TrainingOptions(precision="16-mixed"), None, None, ht.Trainer)
-    with pytest.raises(ValueError, match="a custom training_step or validation_step"):
-        _check_pipeline_options(TrainingOptions(), lambda batch: batch, None, ht.Trainer)
+        _check_pipeline_options(TrainingOptions(precision="16-mixed"), sgd, None, None, ht.Trainer)
+    with pytest.raises(ValueError, match="a custom training_step, validation_step or predict_step"):
+        _check_pipeline_options(TrainingOptions(), sgd, lambda batch: batch, None, ht.Trainer)
+    with pytest.raises(ValueError, match="Adasum needs the whole world"):
+        _check_pipeline_options(TrainingOptions(op="adasum"), sgd, None, None, ht.Trainer)
+
+
+def test_a_one_group_optimizer_is_rebuilt_over_the_stage_even_after_a_scheduler_touched_it():
+    from hvdtrain.torch.trainer import _stage_optimizer
+
+    whole = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    adam = torch.optim.Adam(whole.parameters(), lr=0.01, betas=(0.8, 0.9))
+    torch.optim.lr_scheduler.StepLR(adam, step_size=1)  # adds initial_lr to the group
+    rebuilt = _stage_optimizer(adam, whole[1])
+    assert type(rebuilt) is torch.optim.Adam and rebuilt.param_groups[0]["betas"] == (0.8, 0.9)
+    assert rebuilt.param_groups[0]["params"] == list(whole[1].parameters())

@@ -47,5 +47,5 @@ for config in sys.argv[2:]:
     mine = dict(split_sequential(reference, stages)[layout.stage].named_parameters())
     error = max((p.detach() - mine[name].detach()).abs().max().item() for name, p in trainer.model.named_parameters())
     results[config] = {"weight_error": error, "loss": pipeline_history[-1]["loss"],
-                       "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.stages.peak_saved}
-report({"rank": layout.rank, "stage": layout.stage, "replica": layout.replica, "results": results})
+                       "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.pipeline.peak_saved}
+report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "results": results})
