@@ -48,7 +48,7 @@ demo: $(STAMP)  ## the main job: 2-worker PyTorch training on the bundled digits
 doctor: $(STAMP)
 	$(VENV)/bin/hvdtrain doctor
 
-bench: $(STAMP)  ## throughput benchmarks; writes docs/performance.md and docs/performance.png
+bench: $(STAMP)  ## throughput benchmarks; writes docs/performance-results.md and docs/performance.png
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
 
 bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md

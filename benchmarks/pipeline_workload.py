@@ -3,11 +3,9 @@ four linear layers cut into two stages, float32 on the CPU, batches of random da
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
-RESULT_MARKER = "BENCH_PIPELINE "
+from benchmarks.common import emit
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -53,8 +51,6 @@ class StepClock:
     def emit(self, rank: int, framework: str, args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - self.start
         timed = self.done - self.warmup
-        result = {"rank": rank, "framework": framework, "schedule": args.schedule,
-                  "micro_batches": args.micro_batches, "batch_size": args.batch_size, "steps": timed,
-                  "seconds": seconds, "samples_per_sec": timed * args.batch_size / seconds}
-        sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
-        sys.stdout.flush()
+        emit({"rank": rank, "framework": framework, "schedule": args.schedule, "micro_batches": args.micro_batches,
+              "batch_size": args.batch_size, "steps": timed, "seconds": seconds,
+              "samples_per_sec": timed * args.batch_size / seconds})

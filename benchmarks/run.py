@@ -5,8 +5,9 @@ Usage:
     python -m benchmarks.run --quick --output-dir DIR  # tiny smoke run, < 90 s
     python -m benchmarks.run --from-json FILE        # rewrite the report from saved results
 
-Full runs write docs/performance.md, docs/performance.png and
-benchmarks/results/latest.json; with ``--output-dir`` all three go there.
+Full runs write docs/performance-results.md (tables), docs/performance.png and
+benchmarks/results/latest.json; with ``--output-dir`` all three go there. docs/performance.md, what
+the figures mean, is written by hand from them.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class Plan:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, np=2, few steps (< 90 s)")
-    parser.add_argument("--output-dir", type=Path, help="write performance.md/.png and latest.json here")
+    parser.add_argument("--output-dir", type=Path, help="write performance-results.md, performance.png and "
+                                                         "latest.json here")
     parser.add_argument("--from-json", type=Path, help="only rewrite the report from saved results")
     parser.add_argument("--update", type=Path, metavar="JSON",
                         help="re-measure only what the other options select and replace those records in JSON "
@@ -279,8 +281,8 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """Where the markdown, the figure and the JSON go."""
     if args.output_dir:
         out = args.output_dir
-        return out / "performance.md", out / "performance.png", out / "latest.json"
-    return DOCS / "performance.md", DOCS / "performance.png", RESULTS / "latest.json"
+        return out / "performance-results.md", out / "performance.png", out / "latest.json"
+    return DOCS / "performance-results.md", DOCS / "performance.png", RESULTS / "latest.json"
 
 
 def command_line(argv: list[str]) -> str:
@@ -335,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=1, sort_keys=True))
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    report.write_markdown(data, md_path, png_path)
-    report.write_plot(data, png_path)
+    report.write_report(data, md_path, png_path)
     log(f"wrote {md_path}, {png_path}" + ("" if args.from_json else f", {json_path}"))
     # A failing tuning case is a finding (some settings crash Horovod); a failing comparison is an error.
     failed = [r for r in data["throughput"] + data["allreduce"] if r.get("status") == "failed"]

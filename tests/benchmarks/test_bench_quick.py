@@ -40,10 +40,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
 def test_quick_run_succeeds_and_writes_report(quick_run):
     out, proc = quick_run
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for name in ("performance.md", "performance.png", "latest.json"):
+    for name in ("performance-results.md", "performance.png", "latest.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "## Throughput" in (out / "performance.md").read_text()
+    assert "## Throughput" in (out / "performance-results.md").read_text()
 
 
 def test_every_variant_reports_positive_throughput(quick_run):

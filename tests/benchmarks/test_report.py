@@ -1,7 +1,7 @@
-"""The report computes its sentences from the results: other machines, worker counts and models read differently.
+"""The results tables and the goals are rendered from the results JSON and benchmarks/goals.yaml alone.
 
-The synthetic run below differs from the committed one on purpose (4 or 16 cores, 4 workers, tiny models,
-batch 64, 3 threads), so a fact copied into the report's code would show up as a wrong sentence.
+The synthetic run below differs from the committed one on purpose (4 cores, 4 workers, tiny models, batch
+64, 3 threads), so a number copied into the renderer's code would show up as a wrong cell.
 """
 from __future__ import annotations
 
@@ -67,43 +67,33 @@ def synthetic_results(cores: int, **machine: Any) -> dict[str, Any]:
     }
 
 
-def render(tmp_path: Path, data: dict[str, Any]) -> str:
-    md = tmp_path / "performance.md"
-    report.write_markdown(data, md, tmp_path / "performance.png")
+def render(tmp_path: Path, data: dict[str, Any], goals: list[report.Goal] | None = None) -> str:
+    md = tmp_path / "performance-results.md"
+    report.write_report(data, md, tmp_path / "performance.png", goals)
     return md.read_text()
 
 
-def test_sentences_follow_the_cores_workers_and_models_of_the_run(tmp_path):
+def test_goals_are_data_and_each_is_marked_met_or_not(tmp_path):
+    goals = [report.Goal("raw Horovod vs DDP", matrix.TORCH_HVD_MPI.key, matrix.TORCH_DDP.key, 1.0),
+             report.Goal("raw Horovod vs the ceiling", matrix.TORCH_HVD_MPI.key, matrix.TORCH_CEILING.key, 0.9),
+             report.Goal("not measured", matrix.HVDTRAIN_TORCH.key, matrix.TORCH_DDP.key, 1.0)]
+    text = render(tmp_path, synthetic_results(cores=4), goals)
+    assert "| raw Horovod vs DDP | 1 | 1.03 (met) |" in text  # 300 / 290
+    assert "| raw Horovod vs the ceiling | 0.9 | 0.79 (not met) |" in text  # 300 / 380
+    assert "| not measured | 1 | n/a |" in text
+    assert [g.variant for g in report.load_goals()][:1] == [matrix.HVDTRAIN_TORCH.key]
+
+
+def test_the_tables_hold_the_runs_numbers_and_no_prose(tmp_path):
     text = render(tmp_path, synthetic_results(cores=4, gpus=[]))
-    assert "- CPU: Test CPU, 4 cores (avx2), 8.0 GiB memory, Linux 6.0, no GPU" in text
-    assert "- Batch 64 per worker, SGD with momentum 0.9, cross-entropy;" in text
-    assert "- Three intra-op threads per worker (`torch.set_num_threads(3)`;" in text
-    assert f"### Launch commands ({NP} workers)" in text
-    assert f"## Allreduce latency and bandwidth ({NP} workers)" in text
-    assert f"for {NP} workers the ring bus bandwidth is 1.5× that" in text
-    assert "so neither bound can be beaten by hvdtrain's own code: on 4 cores the allreduce" in text
-    assert "burning cores the other ranks compute on" in text
-    assert "casts every gradient to float16 and back on the same four cores" in text
-    assert f"Two intra-op threads per worker put {2 * NP} busy threads on 4 cores" in text
-    assert f"on the tiny MLP (+3% vs {NP} Horovod workers)" in text
-    assert f"Raw Horovod PyTorch loop, tiny MLP, {NP} workers unless marked tiny CNN" in text
-    assert "It barely matters here: the tiny CNN has only eight gradient tensors, and the two largest carry 96%" in text
-    for fact in ("2 cores", "two cores", "six gradient tensors", "2 workers", "Batch 128", "the MLP", "(2 workers)"):
-        assert fact not in text, fact
-
-
-def test_machine_facts_that_are_not_true_are_not_claimed(tmp_path):
-    text = render(tmp_path, synthetic_results(cores=16, gpus=["Test GPU"]))
-    assert "16 cores (avx2), 8.0 GiB memory, Linux 6.0, GPU: Test GPU (unused" in text
-    assert "so neither bound can be beaten by hvdtrain's own code.\n" in text  # 4 workers leave cores idle
-    assert "burning a core:" in text
-    assert "casts every gradient to float16 and back on the CPU" in text
-    assert f"put {2 * NP} busy threads on 16 cores" in text
-
-
-def test_results_that_do_not_record_gpus_make_no_claim_about_them(tmp_path):
-    data = synthetic_results(cores=4)
-    assert "Linux 6.0\n" in render(tmp_path, data)
+    assert "- Machine: Test CPU, 4 cores, 8.0 GiB, no GPU" in text
+    assert f"| {NP} | raw Horovod, MPI | 300 | 1.03 | 1.00 | 79% | 10.0 |" in text
+    assert "| 4 KiB | 0.01 ms, 0.40 GB/s |" in text
+    assert "| tiny-cnn | no communication (ceiling) | 1.0 | 8.0 | n/a | 1.0 | 10.0 |" in text
+    assert "| mpirun without mpi_yield_when_idle | tiny-mlp | 200 | -33% |" in text
+    assert (tmp_path / "performance.png").read_bytes()[:4] == b"\x89PNG"
+    for sentence in ("because", "cores the allreduce", "recommended"):
+        assert sentence not in text.lower()
 
 
 @pytest.mark.parametrize("model", MODELS)
