@@ -48,8 +48,9 @@ demo: $(STAMP)  ## the main job: 2-worker PyTorch training on the bundled digits
 doctor: $(STAMP)
 	$(VENV)/bin/hvdtrain doctor
 
-bench: $(STAMP)  ## throughput benchmarks; writes docs/performance-results.md and docs/performance.png
+bench: $(STAMP)  ## throughput benchmarks (data parallel, then the pipeline); writes docs/performance-results.md, docs/performance.png and benchmarks/results/
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.pipeline
 
 bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md
 	$(HOROVODRUN) -np 1 $(PY) -m benchmarks.gpu

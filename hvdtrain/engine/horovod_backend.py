@@ -41,7 +41,7 @@ class HorovodBackendBase:
     # Set by a pipeline init (``initialize(pipeline=P)``); without it the layout is the live world.
     _pipeline_layout: Layout | None = None
     _data_process_set: Any = None
-    _peer_comm: Any = None
+    _peer_comm: Any = None  # (mpi4py's MPI module, the pipeline's communicator)
     _peers: PeerChannel | None = None
 
     def __init__(self, hvd: Any, init_hint: str, elastic_state_base: type) -> None:
@@ -101,7 +101,7 @@ class HorovodBackendBase:
             raise RuntimeError("point-to-point messages need MPI: initialize with hvdtrain.torch.init(pipeline=P) "
                                "and launch with hvdtrain run (MPI), mpirun or horovodrun --mpi")
         if HorovodBackendBase._peers is None:
-            HorovodBackendBase._peers = PeerChannel(HorovodBackendBase._peer_comm, self.watch)
+            HorovodBackendBase._peers = PeerChannel(*HorovodBackendBase._peer_comm, self.watch)
         return HorovodBackendBase._peers
 
     @property
@@ -224,13 +224,14 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
     if mpi is None:
         raise RuntimeError(f"pipeline={pipeline} needs MPI's point-to-point messages, which this framework's "
                            "adapter does not provide")
-    comm = _mpi_world(pipeline, mpi())
+    MPI = mpi()
+    comm = _mpi_world(pipeline, MPI)
     layout = Layout.for_world(comm.Get_size(), comm.Get_rank(), pipeline)
     per_stage = [hvd.ProcessSet(group) for group in layout.data_groups()] if layout.data_size > 1 else []
     hvd.init(process_sets=per_stage)  # joins the MPI that mpi4py started with MPI_THREAD_MULTIPLE
     HorovodBackendBase._pipeline_layout = layout
     HorovodBackendBase._data_process_set = per_stage[layout.stage] if per_stage else None
-    HorovodBackendBase._peer_comm = comm.Dup()
+    HorovodBackendBase._peer_comm = (MPI, comm.Dup())
 
 
 def _mpi_world(pipeline: int, MPI: Any) -> Any:

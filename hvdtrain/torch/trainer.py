@@ -363,8 +363,9 @@ class Trainer(EpochLoop):
 
     def _share_last_stage(self, logs: dict[str, torch.Tensor], local: int,
                           flag: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One world sum: the last stage's batch means averaged over its replicas, known on every rank, and
-        the highest of the ranks' non-finite flags (each rank's flag in its own slot)."""
+        """One world sum (over MPI: no Horovod cycle to wait for): the last stage's batch means averaged over
+        its replicas, known on every rank, and the highest of the ranks' non-finite flags (each rank's flag
+        in its own slot)."""
         names = ["loss", *self.metrics]
         last = self.layout.is_last_stage
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -372,8 +373,8 @@ class Trainer(EpochLoop):
         count = torch.tensor(float(local if last else 0), dtype=torch.float64, device=self.device)
         flags = torch.zeros(self.backend.size, dtype=torch.float64, device=self.device)
         flags[self.backend.rank] = flag.double()
-        totals = self.backend.wait(self.backend.start_sum(torch.cat([torch.stack([*values, count]), flags]),
-                                                          "hvdtrain.pipeline.step"))
+        vector = torch.cat([torch.stack([*values, count]), flags]).cpu().numpy()
+        totals = torch.from_numpy(self.backend.peers.sum(vector, f"the logs of step {self.ctx.global_step + 1}"))
         sums, count, flags = totals[:len(names)], totals[len(names)], totals[len(names) + 1:]
         return dict(zip(names, sums / count)), flags.max()
 
