@@ -49,7 +49,8 @@ def test_a_killed_worker_is_dropped_and_the_epoch_is_resharded_from_the_last_com
 
 
 # Keras fit loses rank 0 (its CSV, TensorBoard and checkpoint writer), the custom loop rank 1.
-@pytest.mark.parametrize(("example", "lost_rank"), [("keras_digits.py", 0), ("tensorflow_digits.py", 1)])
+# The Keras example loses rank 0; a lost non-zero rank under the TF Trainer is the test above (CI time).
+@pytest.mark.parametrize(("example", "lost_rank"), [("keras_digits.py", 0)])
 def test_the_digits_example_survives_a_killed_worker_and_takes_a_returning_one_back(tmp_path, example, lost_rank):
     out = tmp_path / "run"
     proc = start_elastic(REPO / "examples" / example, ["--epochs", "40", "--no-progress", "--output-dir", str(out),

@@ -27,7 +27,8 @@ def _reference_crash_resume(tmp_path: Path, args: list[str], die_at: int, launch
     return reference, saved, resumed
 
 
-@pytest.mark.parametrize("launcher", ["horovodrun", "mpirun"])
+# One launcher here (CI time): the PyTorch resume test runs both, and resume does not depend on it.
+@pytest.mark.parametrize("launcher", ["mpirun"])
 def test_trainer_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, launcher):
     args = ["--api", "trainer", "--epochs", "3", "--every-n-steps", "4"]
     reference, saved, resumed = _reference_crash_resume(tmp_path, args, 14, launcher)

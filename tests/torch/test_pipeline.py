@@ -11,6 +11,7 @@ import pytest
 from hvdtrain.core.checkpoint import CheckpointManager
 from hvdtrain.engine.watchdog import TIMEOUT_ENV
 from tests.launch import REPO, results, run_workers
+from tests.launcher.helpers import hvdtrain
 
 pytestmark = pytest.mark.parallel
 WORKERS = Path(__file__).parent / "workers"
@@ -93,15 +94,17 @@ def test_a_stopped_stage_ends_the_job_naming_the_wait():
     assert time.monotonic() - start < 90
 
 
-@pytest.mark.parametrize(("np", "schedule"), [(2, "1f1b"), (4, "gpipe")])
-def test_the_pipeline_example_learns_digits(np, schedule, tmp_path):
-    proc = run_workers(REPO / "examples" / "pipeline_digits.py",
-                       ["--stages", "2", "--epochs", "10", "--schedule", schedule, "--no-progress",
-                        "--output-dir", str(tmp_path)], np=np, launcher="mpirun")
-    replicas = np // 2
-    found = re.search(rf"final val_accuracy=([0-9.]+) after 10 epochs on 2 pipeline stages x {replicas} data "
+@pytest.mark.parametrize(("np", "schedule", "launcher"), [(2, "1f1b", "hvdtrain"), (4, "gpipe", "mpirun")])
+def test_the_pipeline_example_learns_digits(np, schedule, launcher, tmp_path):
+    args = ["--stages", "2", "--epochs", "6", "--schedule", schedule, "--no-progress", "--output-dir", str(tmp_path)]
+    example = REPO / "examples" / "pipeline_digits.py"
+    proc = hvdtrain("run", "-np", str(np), str(example), *args) if launcher == "hvdtrain" else \
+        run_workers(example, args, np=np, launcher="mpirun")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(rf"final val_accuracy=([0-9.]+) after 6 epochs on 2 pipeline stages x {np // 2} data "
                       "replica", proc.stdout)
     assert found and float(found[1]) >= 0.95, proc.stdout[-2000:]
+    assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "metrics.csv").is_file()
 
 
 def test_a_gloo_launch_is_refused_naming_the_fix():
