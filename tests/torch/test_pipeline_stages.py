@@ -78,3 +78,13 @@ def test_a_one_group_optimizer_is_rebuilt_over_the_stage_even_after_a_scheduler_
     rebuilt = _stage_optimizer(adam, whole[1])
     assert type(rebuilt) is torch.optim.Adam and rebuilt.param_groups[0]["betas"] == (0.8, 0.9)
     assert rebuilt.param_groups[0]["params"] == list(whole[1].parameters())
+
+
+def test_a_pipeline_under_elastic_is_refused_before_horovod_starts(monkeypatch):
+    import horovod.torch as hvd
+
+    from hvdtrain.engine.horovod_backend import initialize
+
+    monkeypatch.setenv("HOROVOD_ELASTIC", "1")
+    with pytest.raises(RuntimeError, match=r"cannot run under --elastic: .*horovod#4021"):
+        initialize(hvd, pipeline=2, mpi=lambda: pytest.fail("MPI must not start"))
