@@ -157,7 +157,8 @@ def test_doctor_json_structure_and_require_nccl_fails_on_a_cpu_build():
     proc = hvdtrain("doctor", "--json")
     assert proc.returncode == 0, explain(proc)
     report = json.loads(proc.stdout)
-    assert set(report) == {"versions", "python_executable", "launchers", "horovod", "gpus", "problems", "ok"}
+    assert set(report) == {"versions", "python_executable", "launchers", "horovod", "gpus", "pipeline", "problems",
+                           "ok"}
     assert set(report["gpus"]) >= {"count", "names"}
     assert set(report["versions"]) == {"python", "hvdtrain", "horovod", "torch", "tensorflow", "openmpi", "mpi4py"}
     assert set(report["horovod"]) >= {"installed", "built_against", "build_key", "extensions", "frameworks",
