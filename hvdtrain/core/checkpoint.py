@@ -80,7 +80,8 @@ class CheckpointManager:
         self.prefix = prefix
 
     def path_for(self, epoch: int, global_step: int) -> Path:
-        return self.directory / f"{self.prefix}-epoch{epoch:04d}-step{global_step:08d}{SUFFIX}"
+        directory = self.directory_for(epoch, global_step)
+        return directory.with_name(directory.name + SUFFIX)
 
     def directory_for(self, epoch: int, global_step: int) -> Path:
         """Where a checkpoint of parts (one per pipeline stage) for this point goes."""

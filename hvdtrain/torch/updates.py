@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from hvdtrain.torch.backend import TorchBackend
@@ -96,10 +97,10 @@ class OptimizerUpdate:
         self.optimizer.zero_grad()
         return bad_rank if bad_rank >= 0 else None
 
-
     def _clip(self) -> None:
         """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients: across a pipeline's
-        stages, whose squared norms are summed over the world (each stage counted once per replica)."""
+        stages, whose squared norms are summed over the world (each stage counted once per replica) on
+        the pipeline's MPI communicator, as the step's other agreement is."""
         layout = self.backend.layout
         if layout.pipeline == 1:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
@@ -107,8 +108,9 @@ class OptimizerUpdate:
         grads = [p.grad for p in self.parameters if p.grad is not None]
         squares = sum((g.detach().double().square().sum() for g in grads),
                       torch.zeros((), dtype=torch.float64, device=self._this_rank.device))
-        total = self.backend.wait(self.backend.start_sum(squares.reshape(1), "hvdtrain.grad_norm"))[0]
-        scale = (self.clip_norm / ((total / layout.data_size).sqrt() + 1e-6)).clamp(max=1.0)
+        total = self.backend.peers.sum(np.array([squares.item()]), "the gradient norm across stages")[0]
+        scale = (self.clip_norm / (torch.tensor(total / layout.data_size, dtype=torch.float64,
+                                                device=squares.device).sqrt() + 1e-6)).clamp(max=1.0)
         for grad in grads:
             grad.mul_(scale.to(grad.dtype))
 
