@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,12 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: flo
             proc.kill()
             raise AssertionError(f"the job never got there:\n{proc.log.read_text()[-5000:]}")
         time.sleep(0.2)
+
+
+def reached_epoch(checkpoints: Path, epoch: int) -> bool:
+    """Whether ``checkpoints`` holds one of epoch ``epoch`` or later (retention prunes the early ones)."""
+    found = (re.search(r"epoch(\d+)", entry.name) for entry in checkpoints.glob("*epoch*"))
+    return any(int(match[1]) >= epoch for match in found if match)
 
 
 def assert_rank_zero_outputs(out: Path, epochs: int) -> None:

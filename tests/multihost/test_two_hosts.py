@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import QUIET_ENV, REPO
+from tests.launch import QUIET_ENV, REPO, reached_epoch
 from tests.multihost.netns import create_hosts, destroy_hosts, set_link, write_rsh_agent
 
 pytestmark = pytest.mark.parallel
@@ -139,8 +139,12 @@ def test_a_network_cut_ends_the_job_and_names_the_rank_that_failed(hosts, tmp_pa
     proc, out = _start_across_the_hosts(hosts, tmp_path)
     try:
         deadline = time.monotonic() + 180
-        while not list((out / "checkpoints").glob("*epoch0003*")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=30)
+        while not reached_epoch(out / "checkpoints", 3):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                stdout, stderr = proc.communicate(timeout=30)
+                raise AssertionError(f"the job never reached epoch 3 (exit {proc.returncode}):\n"
+                                     f"{stdout[-3000:]}\n{stderr[-5000:]}")
             time.sleep(0.2)
         set_link(hosts[cut_side], "down")
         try:

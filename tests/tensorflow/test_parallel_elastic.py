@@ -14,6 +14,7 @@ from tests.launch import (
     assert_rank_zero_outputs,
     elastic_reports,
     finish_elastic,
+    reached_epoch,
     start_elastic,
     wait_for,
     worker_pids,
@@ -55,7 +56,7 @@ def test_the_digits_example_survives_a_killed_worker_and_takes_a_returning_one_b
     out = tmp_path / "run"
     proc = start_elastic(REPO / "examples" / example, ["--epochs", "40", "--no-progress", "--output-dir", str(out),
                                                        "--commit-every-n-steps", "4"], cooldown=(3, 5), env=JOIN_ENV)
-    wait_for(lambda: any((out / "checkpoints").glob("*epoch0002*")), proc, timeout=TIMEOUT)
+    wait_for(lambda: reached_epoch(out / "checkpoints", 2), proc, timeout=TIMEOUT)
     os.kill(worker_pids(str(out))[lost_rank], signal.SIGKILL)
     output = finish_elastic(proc, timeout=TIMEOUT)
     assert proc.returncode == 0, output[-5000:]
