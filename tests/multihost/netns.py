@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,24 @@ class Host:
 def set_link(host: Host, state: str) -> None:
     """``up`` or ``down``: cut or restore the network between the two hosts, from ``host``'s side."""
     _ip("-n", host.namespace, "link", "set", host.link, state)
+
+
+# A TCP connect to a closed port: "refused" is the other host answering.
+_ANSWER_PROBE = ("import socket, sys\n"
+                 "try:\n    socket.create_connection((sys.argv[1], 9), timeout=1).close()\n"
+                 "except ConnectionRefusedError:\n    sys.exit(0)\n"
+                 "except OSError:\n    sys.exit(1)\n")
+
+
+def wait_until_connected(hosts: list[Host], timeout_s: float = 30) -> None:
+    """Return once each host gets a TCP answer from the other; raises after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    for source, target in ((hosts[0], hosts[1]), (hosts[1], hosts[0])):
+        while subprocess.run(["ip", "netns", "exec", source.namespace, sys.executable, "-c", _ANSWER_PROBE,
+                              target.address], capture_output=True, timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{source.namespace} still cannot reach {target.address} after {timeout_s} s")
+            time.sleep(0.2)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

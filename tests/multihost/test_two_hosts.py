@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.launch import QUIET_ENV, REPO, reached_epoch
-from tests.multihost.netns import create_hosts, destroy_hosts, set_link, write_rsh_agent
+from tests.multihost.netns import create_hosts, destroy_hosts, set_link, wait_until_connected, write_rsh_agent
 
 pytestmark = pytest.mark.parallel
 
@@ -157,6 +157,7 @@ def test_a_network_cut_ends_the_job_and_names_the_rank_that_failed(hosts, tmp_pa
         left = _job_processes(str(tmp_path))  # the other host's daemon included (its arguments name tmp_path)
     finally:
         set_link(hosts[cut_side], "up")
+        wait_until_connected(hosts)  # the next test's daemons connect at once
         if proc.poll() is None:
             proc.kill()
             proc.wait()
