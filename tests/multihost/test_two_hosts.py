@@ -157,12 +157,12 @@ def test_a_network_cut_ends_the_job_and_names_the_rank_that_failed(hosts, tmp_pa
         left = _job_processes(str(tmp_path))  # the other host's daemon included (its arguments name tmp_path)
     finally:
         set_link(hosts[cut_side], "up")
-        wait_until_connected(hosts)  # the next test's daemons connect at once
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid in _job_processes(str(tmp_path)):  # what a failed run left
             os.kill(pid, 9)
+        wait_until_connected(hosts)  # the next test's daemons connect at once
     assert not left, f"processes of the job are left: {left}"
     assert proc.returncode != 0, stderr[-5000:]
     named = re.search(r"hvdtrain run: rank (\d) \(host \S+ (198\.18\.\S+), pid \d+\) failed first: .*collective "
