@@ -32,6 +32,7 @@ class MixedPrecision:
         self.dtype = _DTYPES[precision]
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         self._stepped = False  # an optimizer stepped since the last scale update
+        self._zero = torch.zeros((), device=device)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -51,6 +52,9 @@ class MixedPrecision:
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Make the (already synchronized) gradients true gradients again, before clipping."""
         if self.scaler is not None:
+            # A pipeline stage before the last scales no loss (its gradients arrive scaled): this creates
+            # its scale, equal to the last stage's (they start alike and every stage skips together).
+            self.scaler.scale(self._zero)
             self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:

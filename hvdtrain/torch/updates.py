@@ -90,12 +90,25 @@ class OptimizerUpdate:
             bad_rank = int((agreed if check is None else self.backend.wait(check)).item()) - 1
         self._nonfinite_rank.zero_()
         if bad_rank < 0:
+            if self.precision.scaler is not None and self.backend.layout.pipeline > 1:
+                self._agree_overflow(step_number)
             self.precision.unscale(self.optimizer)
             if self.clip_norm is not None:
                 self._clip()
             self.precision.step(self.optimizer)
         self.optimizer.zero_grad()
         return bad_rank if bad_rank >= 0 else None
+
+    def _agree_overflow(self, step_number: int) -> None:
+        """float16 across a pipeline: each stage's scaler sees only its own gradients, so the stages agree
+        over the world (on the pipeline's MPI communicator) whether any overflowed; then every stage's
+        scaler finds an overflow, skips the step and lowers its scale, and the scales stay equal."""
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
+        overflowed = self.backend.peers.sum(np.array([0.0 if finite else 1.0]),
+                                            f"the float16 overflow check of step {step_number}")[0]
+        if overflowed and finite and grads:
+            grads[0].fill_(float("inf"))
 
     def _clip(self) -> None:
         """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients: across a pipeline's

@@ -1,8 +1,12 @@
 """Pipeline training in the Trainer must equal the unsplit model trained in one process on the same global batches.
 
-Usage: pipeline_worker.py STAGES CONFIG...   CONFIG = schedule:micro_batches:accumulation:clip (clip 0: none)
+Usage: pipeline_worker.py STAGES CONFIG...
+CONFIG = schedule:micro_batches:accumulation:clip[:overflow_step] (clip 0: none). With overflow_step the
+job trains in "16-mixed" (the float64 model is left alone by autocast, so the loss scale is all that
+changes) and the first layer's gradient is made infinite at that optimizer step: only the first stage sees it.
 Each rank reports, per config, the largest difference between its stage's weights and the same layers of
-the reference, the training loss both logged, and how many micro-batches' activations it held at once.
+the reference, the training loss both logged, how many micro-batches' activations it held at once, and
+the loss scale.
 """
 from __future__ import annotations
 
@@ -31,21 +35,32 @@ def build() -> nn.Sequential:
 
 
 def train(model: nn.Sequential, config: str, **where) -> tuple[list[dict], ht.Trainer]:
-    schedule, micro, accumulation, clip = config.split(":")
+    schedule, micro, accumulation, clip, *overflow = config.split(":")
     trainer = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), nn.functional.cross_entropy,
                          (x, y), epochs=2, backward_passes_per_step=int(accumulation),
                          grad_clip_norm=float(clip) or None, scale_lr=False, progress=False,
-                         micro_batches=int(micro), pipeline_schedule=schedule, **where)
+                         micro_batches=int(micro), pipeline_schedule=schedule,
+                         precision="16-mixed" if overflow else "32", **where)
+    if overflow:
+        at_step = int(overflow[0])
+        model[0].weight.register_hook(
+            lambda grad: grad * float("inf") if trainer.ctx.global_step + 1 == at_step else grad)
     return trainer.fit(), trainer
+
+
+def loss_scale(trainer: ht.Trainer) -> float | None:
+    return trainer.precision.scaler.get_scale() if trainer.precision.scaler else None
 
 
 results = {}
 for config in sys.argv[2:]:
     pipeline_history, trainer = train(build(), config, batch_size=8)
     reference = build()
-    reference_history, _ = train(reference, config, batch_size=8 * layout.data_size, backend=ht.SerialBackend())
+    reference_history, unsplit = train(reference, config, batch_size=8 * layout.data_size,
+                                       backend=ht.SerialBackend())
     mine = dict(split_sequential(reference, stages)[layout.stage].named_parameters())
     error = max((p.detach() - mine[name].detach()).abs().max().item() for name, p in trainer.model.named_parameters())
     results[config] = {"weight_error": error, "loss": pipeline_history[-1]["loss"],
-                       "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.pipeline.peak_saved}
+                       "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.pipeline.peak_saved,
+                       "scale": loss_scale(trainer), "ref_scale": loss_scale(unsplit)}
 report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "results": results})
