@@ -35,7 +35,7 @@ class ProgressBar(Callback):
         if self._bar is None:
             return
         self._bar.update(1)
-        if ctx.progress.micro_batches % self.refresh_every_n_steps == 0 and "loss" in ctx.logs:
+        if ctx.progress.batches_run % self.refresh_every_n_steps == 0 and "loss" in ctx.logs:
             self._bar.set_postfix(loss=f"{float(ctx.logs['loss']):.4f}", refresh=False)
 
     @rank_zero_only

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-_FORMER_NAMES = {"global_step": "step", "batch_index": "batch", "samples_seen_in_epoch": "samples_in_epoch"}
+_FORMER_NAMES = {"global_step": "step", "batch_index": "batch", "samples_seen_in_epoch": "samples_in_epoch",
+                 "micro_batches": "batches_run"}
 
 
 @dataclass
@@ -13,16 +14,17 @@ class Progress:
 
     Attributes:
         epoch: the current epoch, 0-based.
-        batch: the batch (micro-batch) of the epoch being run, 0-based; between epochs, 0.
+        batch: the batch of the epoch being run, 0-based; between epochs, 0.
         step: optimizer steps (gradient updates) since the start of training: ``global_step``.
-        micro_batches: batches (forward/backward passes) since the start of training.
+        batches_run: batches (each a forward/backward pass; several per step with accumulation) since the
+            start of training. A pipeline's micro-batches are parts of one batch and not counted here.
         samples_in_epoch: samples all ranks together finished in this epoch.
     """
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
-    micro_batches: int = 0
+    batches_run: int = 0
     samples_in_epoch: int = 0
     _batch_done: bool = False
 
@@ -38,7 +40,7 @@ class Progress:
 
     def finish_batch(self, global_samples: int, updated: bool) -> None:
         """Count a finished batch of ``global_samples`` (all ranks); ``updated``: it ended an optimizer step."""
-        self.micro_batches += 1
+        self.batches_run += 1
         self.step += bool(updated)
         self.samples_in_epoch += global_samples
         self._batch_done = True
@@ -56,7 +58,7 @@ class Progress:
     def resume_point(self) -> dict[str, int]:
         """Where a run restarted from a checkpoint written now continues: after the last finished batch."""
         return {"epoch": self.epoch, "batch": self.batches_done, "step": self.step,
-                "micro_batches": self.micro_batches, "samples_in_epoch": self.samples_in_epoch}
+                "batches_run": self.batches_run, "samples_in_epoch": self.samples_in_epoch}
 
     def next_epoch_point(self) -> dict[str, int]:
         """The resume point of the next epoch's start (a checkpoint written at an epoch's end)."""
@@ -65,8 +67,8 @@ class Progress:
     def load(self, point: dict[str, Any]) -> None:
         """Continue from a ``resume_point`` (or the counters of a checkpoint written by hvdtrain 0.1.0)."""
         point = {_FORMER_NAMES.get(k, k): v for k, v in point.items()}
-        point.setdefault("micro_batches", point["step"])
-        fields = {k: int(point[k]) for k in ("epoch", "batch", "step", "micro_batches", "samples_in_epoch")}
+        point.setdefault("batches_run", point["step"])
+        fields = {k: int(point[k]) for k in ("epoch", "batch", "step", "batches_run", "samples_in_epoch")}
         for name, value in fields.items():
             setattr(self, name, value)
         self._batch_done = False

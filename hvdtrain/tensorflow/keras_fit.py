@@ -223,7 +223,7 @@ class KerasBridge(keras.callbacks.Callback):
         progress = ctx.progress
         while True:
             local, global_size = self._step_size(progress.batch)
-            updated = (progress.micro_batches + 1) % passes == 0
+            updated = (progress.batches_run + 1) % passes == 0
             ctx.count_batch(local, global_size, updated)
             if progress.batch >= last:
                 break

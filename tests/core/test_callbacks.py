@@ -130,3 +130,22 @@ def test_tensorboard_logger_writes_scalars_tensorboard_can_read(tmp_path):
     events.Reload()
     assert sorted(events.Tags()["scalars"]) == ["epoch/loss", "epoch/val_accuracy"]
     assert events.Scalars("epoch/loss")[0].value == 0.25
+
+
+def test_progress_resumes_from_its_own_point_and_from_former_counter_names():
+    progress = Progress()
+    for updated in (False, True, False):
+        progress.start_batch()
+        progress.finish_batch(global_samples=32, updated=updated)
+    point = progress.resume_point()
+    assert point == {"epoch": 0, "batch": 3, "step": 1, "batches_run": 3, "samples_in_epoch": 96}
+    resumed = Progress()
+    resumed.load(point)
+    assert resumed.resume_point() == point
+    # A checkpoint of an earlier hvdtrain: "micro_batches", and before it the 0.1.0 names without one.
+    older = Progress()
+    older.load({**{k: v for k, v in point.items() if k != "batches_run"}, "micro_batches": 3})
+    assert older.batches_run == 3
+    oldest = Progress()
+    oldest.load({"epoch": 2, "batch_index": 4, "global_step": 9, "samples_seen_in_epoch": 64})
+    assert (oldest.epoch, oldest.batch, oldest.step, oldest.batches_run, oldest.samples_in_epoch) == (2, 4, 9, 9, 64)

@@ -48,7 +48,7 @@ def test_global_step_counts_optimizer_steps_with_accumulation_and_checkpoints_fa
     batches = math.ceil(120 / 16)  # 8 batches: updates after batches 3, 6 and the last (8) of each epoch
     assert len(steps.seen) == 2 * batches
     assert [s[3] for s in steps.seen[:batches]] == [False, False, True, False, False, True, False, True]
-    assert run.ctx.global_step == 6 and run.ctx.progress.micro_batches == 16
+    assert run.ctx.global_step == 6 and run.ctx.progress.batches_run == 16
     saved = [(i.epoch, i.global_step) for i in CheckpointManager(tmp_path).checkpoints()]
     assert saved[-1] == (2, 6) and all(step % 2 == 0 or epoch == 2 for epoch, step in saved)
 
