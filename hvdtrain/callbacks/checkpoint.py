@@ -214,7 +214,7 @@ class ResumeFromCheckpoint(Callback):
                              f"count. Relaunch with hvdtrain.torch.init(pipeline={old_stages}) (any multiple of "
                              f"{old_stages} workers)."}
         if old_size != ctx.data_size and self.on_world_size_change == "error":
-            return {"error": f"{info.path} was written by a job of {old_size} workers but this job has "
+            return {"error": f"{info.path} was written by {old_size} data-parallel replica(s) but this job has "
                              f"{ctx.data_size}. Relaunch with -np {old_size * old_stages}, or resume with "
                              "on_world_size_change='reshard' to re-shard the data."}
         try:
@@ -267,7 +267,7 @@ class ResumeFromCheckpoint(Callback):
         if old_size == ctx.data_size:
             ctx.adapter.set_rng_state(found["rng"][ctx.rank])
         else:
-            log.warning("checkpoint was written by %d workers, resuming on %d: re-sharding the data, "
+            log.warning("checkpoint was written by %d data-parallel replica(s), resuming on %d: re-sharding the data, "
                         "rescaling learning rates by %d/%d (a framework schedule follows the world size itself); "
                         "per-rank RNG streams restart from the seed",
                         old_size, ctx.data_size, ctx.data_size, old_size)

@@ -63,11 +63,11 @@ def test_resume_on_fewer_workers_refuses_when_asked_and_reshards_otherwise(tmp_p
     refused = run_workers(TRAIN, ["--epochs", "2", "--checkpoint-dir", str(tmp_path), "--strict-world-size"],
                           np=1, check=False, timeout=TIMEOUT)
     assert refused.returncode != 0
-    assert "was written by a job of 2 workers but this job has 1. Relaunch with -np 2" in refused.stderr
+    assert "was written by 2 data-parallel replica(s) but this job has 1. Relaunch with -np 2" in refused.stderr
 
     resumed = run_workers(TRAIN, ["--epochs", "2", "--checkpoint-dir", str(tmp_path), "--resume"], np=1,
                           timeout=TIMEOUT)
-    assert "written by 2 workers, resuming on 1: re-sharding the data" in resumed.stdout
+    assert "written by 2 data-parallel replica(s), resuming on 1: re-sharding the data" in resumed.stdout
     single = results(resumed)[0]
     assert single["global_step"] == 10 + 19  # epoch 2 alone: ceil(300 / 16) steps
     assert single["lrs"] == pytest.approx([0.01] * 19), "the LR scaled for 2 workers is rescaled for 1"

@@ -15,6 +15,7 @@ def main() -> None:
     p.add_argument("--schedule", default="1f1b")
     p.add_argument("--micro-batches", type=int, default=3)
     p.add_argument("--predict", action="store_true", help="then predict the validation inputs on every rank")
+    p.add_argument("--precision", default="32")
     args = p.parse_args()
     backend = ht.init(pipeline=args.stages)
     layout = backend.layout
@@ -42,12 +43,14 @@ def main() -> None:
                          callbacks=probes, epochs=args.epochs, batch_size=16, checkpoint_dir=args.checkpoint_dir,
                          checkpoint_every_n_steps=args.every_n_steps, resume=args.resume,
                          warmup_epochs=args.warmup_epochs, micro_batches=args.micro_batches,
-                         pipeline_schedule=args.schedule, progress=False)
+                         pipeline_schedule=args.schedule, precision=args.precision, progress=False)
     run_reporting_errors(args, backend, trainer.fit)
     flat = torch.cat([q.detach().reshape(-1) for q in trainer.model.parameters()])
     predicted = trainer.predict(val, all_ranks=True) if args.predict else None
+    scaler = trainer.precision.scaler
     report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "params": flat.tolist(),
-            "global_step": trainer.ctx.global_step, "resumed_from": trainer.ctx.resumed_from,
+            "global_step": trainer.ctx.global_step,
+            "loss_scale": scaler.get_scale() if scaler else None, "resumed_from": trainer.ctx.resumed_from,
             "history": trainer.ctx.history, "lrs": recorder.lrs, "stop_reason": trainer.ctx.stop_reason,
             "predicted": None if predicted is None else predicted.argmax(1).tolist()})
 
