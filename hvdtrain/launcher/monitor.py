@@ -45,6 +45,7 @@ class JobMonitor:
         self.address = ",".join("{}:{}".format(*sock.getsockname()[:2]) for sock in self._sockets)
         self.latest: dict[int, Heard] = {}
         self.first_failure: Heard | None = None
+        self.last_heard: Heard | None = None  # the newest report of any worker
         self._at_failure: dict[int, Heard] = {}  # each rank as last heard when the first failure came
         self._lock = threading.Lock()
         self._closed = False
@@ -79,6 +80,7 @@ class JobMonitor:
                 last = self.latest.get(report.rank)
                 if last is not None and last.report.kind == job_reports.FAILED and last.report.pid == report.pid:
                     return  # a failure is said three times; keep the first
+            self.last_heard = Heard(report, at)
             if report.rank >= 0:
                 self.latest[report.rank] = Heard(report, at)
             if report.kind == job_reports.FAILED and self.first_failure is None and self._ends_job(report):
@@ -97,6 +99,11 @@ class JobMonitor:
         # An elastic job goes on without a lost worker, and a worker whose rejoining failed (Horovod was
         # not initialized: no rank) is one; an exception raised while training ends it.
         return not self.elastic or (report.failure == job_reports.EXCEPTION and report.rank >= 0)
+
+    def silent_for(self, now: float) -> float | None:
+        """Seconds since any worker last reported; None before the first report."""
+        last = self.last_heard
+        return None if last is None else now - last.at
 
     def describe_failure(self) -> str | None:
         """Who failed first and why, and for a collective timeout the ranks that did not join; None if none."""

@@ -32,6 +32,11 @@ GRACE_SECONDS = 20.0
 # After a worker reported a failure, how long the launcher gets to end the job itself.
 FAILURE_GRACE_ENV = "HVDTRAIN_FAILURE_GRACE"
 FAILURE_GRACE_SECONDS = 30.0
+# An elastic job none of whose workers has reported for this long has no worker left to go on with.
+NO_WORKER_TIMEOUT_ENV = "HVDTRAIN_NO_WORKER_TIMEOUT"
+NO_WORKER_TIMEOUT_SECONDS = 120.0
+# Why hvdtrain run ended a job itself.
+ENDED_FOR_FAILURE, ENDED_WITHOUT_WORKERS = "a worker failed", "no worker was left"
 
 
 def plan_job(cli_values: dict[str, Any], script: str, script_args: list[str], config_path: str | None = None,
@@ -127,6 +132,7 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
         because a worker failed returns that worker's status (75 for a collective timeout, else 1).
     """
     grace = failure_grace_seconds() if failure_grace is None else failure_grace  # a bad value fails before the start
+    no_worker_timeout = no_worker_timeout_seconds()
     env = {**os.environ, **(env_updates or {}), **(monitor.env() if monitor else {})}
     # SIGTERM when hvdtrain run dies, even by SIGKILL: the launcher then stops its workers.
     proc = subprocess.Popen(argv, env=env, start_new_session=True,
@@ -143,7 +149,7 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if in_main_thread else {}
     try:
-        ended_for_failure = _wait_for_exit(proc.pid, signals, grace_seconds, monitor, grace)
+        ended = _wait_for_exit(proc.pid, signals, grace_seconds, monitor, grace, no_worker_timeout)
         # The launcher has exited but is not reaped yet, so its session id cannot be reused: clean up.
         _kill_session(proc.pid)
     finally:
@@ -151,16 +157,18 @@ def execute(argv: list[str], env_updates: dict[str, str] | None = None, grace_se
             signal.signal(sig, handler)
     status = proc.wait()
     status = 128 - status if status < 0 else status
-    return _job_status(status, signals, monitor, ended_for_failure)
+    return _job_status(status, signals, monitor, ended)
 
 
 def _job_status(status: int, signals: list[tuple[int, float]], monitor: JobMonitor | None,
-                ended_for_failure: bool) -> int:
+                ended: str | None) -> int:
     failure = monitor.describe_failure() if monitor else None
-    if failure and (status != 0 or ended_for_failure):
+    if failure and (status != 0 or ended):
         print(f"hvdtrain run: {failure}", file=sys.stderr, flush=True)
-    if ended_for_failure:
+    if ended == ENDED_FOR_FAILURE:
         return HANG_EXIT_CODE if monitor.first_failure.report.failure == COLLECTIVE_TIMEOUT else 1
+    if ended == ENDED_WITHOUT_WORKERS:
+        return 1
     if signals and status == 0:  # interrupted: never report success (`hvdtrain run ... && deploy`)
         return 128 + signals[0][0]
     return status
@@ -175,14 +183,23 @@ def failure_grace_seconds(environ: dict[str, str] | None = None) -> float:
         raise LaunchError(str(error)) from None
 
 
+def no_worker_timeout_seconds(environ: dict[str, str] | None = None) -> float:
+    """``HVDTRAIN_NO_WORKER_TIMEOUT``: seconds an elastic job may go without any worker (default 120)."""
+    try:
+        return seconds_from_env(NO_WORKER_TIMEOUT_ENV, NO_WORKER_TIMEOUT_SECONDS, "120", environ)
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
+
+
 def _wait_for_exit(pid: int, signals: list[tuple[int, float]], grace_seconds: float, monitor: JobMonitor | None,
-                   failure_grace: float) -> bool:
+                   failure_grace: float, no_worker_timeout: float) -> str | None:
     """Block until ``pid`` exits, without reaping it; kill its session once a grace period is over.
 
     Returns:
-        True when the session was killed because a worker's failure was not followed by the job's end.
+        Why the session was killed when the launcher did not end the job itself: a worker's failure
+        (``ENDED_FOR_FAILURE``), or an elastic job left without workers (``ENDED_WITHOUT_WORKERS``).
     """
-    ended_for_failure = False
+    ended = None
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         now = time.monotonic()
         if signals and now - signals[-1][1] > grace_seconds:
@@ -190,14 +207,30 @@ def _wait_for_exit(pid: int, signals: list[tuple[int, float]], grace_seconds: fl
                   file=sys.stderr, flush=True)
             _kill_session(pid)
             signals.append((signals[0][0], now))
-        failed = monitor.first_failure if monitor else None
-        if failed is not None and not ended_for_failure and now - failed.at > failure_grace:
-            print(f"hvdtrain run: {failed.report.where()} failed and the launcher has not ended the job "
-                  f"{failure_grace:g} s later; ending every process of it", file=sys.stderr, flush=True)
-            _kill_session(pid)
-            ended_for_failure = True
+        if ended is None and monitor is not None:
+            ended = _overdue(monitor, now, failure_grace, no_worker_timeout)
+            if ended is not None:
+                _kill_session(pid)
         time.sleep(0.2)
-    return ended_for_failure
+    return ended
+
+
+def _overdue(monitor: JobMonitor, now: float, failure_grace: float, no_worker_timeout: float) -> str | None:
+    """Why the job must be ended now (printing it), or None while the launcher may still end it."""
+    failed = monitor.first_failure
+    if failed is not None and now - failed.at > failure_grace:
+        print(f"hvdtrain run: {failed.report.where()} failed and the launcher has not ended the job "
+              f"{failure_grace:g} s later; ending every process of it", file=sys.stderr, flush=True)
+        return ENDED_FOR_FAILURE
+    silent = monitor.silent_for(now)
+    if monitor.elastic and silent is not None and silent > no_worker_timeout:
+        # Horovod's elastic driver can wait forever once every worker is gone (a failure it ignores).
+        print(f"hvdtrain run: no worker of the elastic job has reported for {silent:.0f} s (the last was "
+              f"{monitor.last_heard.report.where()}): every worker has ended and Horovod's elastic driver started "
+              f"none; ending every process of the job. Its checkpoints hold its progress: start it again, resuming "
+              f"from them. To wait longer, set {NO_WORKER_TIMEOUT_ENV} (seconds).", file=sys.stderr, flush=True)
+        return ENDED_WITHOUT_WORKERS
+    return None
 
 
 def _send(proc: subprocess.Popen, signum: int) -> None:

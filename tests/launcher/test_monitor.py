@@ -94,13 +94,23 @@ def test_elastic_jobs_end_only_on_an_exception():
 
 
 # A launcher stand-in that ignores the signal hvdtrain run forwards and exits 0 later: an interrupted
-# job must not report success. Or, with "fail", one that reports a worker failure and never ends.
+# job must not report success. With "fail", one that reports a worker failure and never ends; with
+# "orphaned", one whose only worker reports once and is gone; with "beating", one whose worker reports
+# every half second for 4 s and then ends the job with 0.
 LAUNCHER = textwrap.dedent("""
     import os, signal, sys, time
     from hvdtrain.engine.reporting import reporter_from_env
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    reporter = reporter_from_env(lambda: 1, lambda: 1, lambda: None)
     if sys.argv[1] == "fail":
-        reporter_from_env(lambda: 1, lambda: 1, lambda: None).failed("exception", None, "ValueError: bad batch")
+        reporter.failed("exception", None, "ValueError: bad batch")
+    if sys.argv[1] == "orphaned":
+        reporter.alive()
+    if sys.argv[1] == "beating":
+        for _ in range(8):
+            reporter.alive()
+            time.sleep(0.5)
+        sys.exit(0)
     open(sys.argv[2], "w").close()
     time.sleep(120)
 """)
@@ -136,3 +146,21 @@ def test_a_reported_failure_ends_a_launcher_that_hangs(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "failed and the launcher has not ended the job 2 s later" in err
     assert "rank 1 (host" in err and "failed first: ValueError: bad batch" in err
+
+
+def test_an_elastic_job_left_without_workers_is_ended_and_one_whose_workers_report_is_not(tmp_path, capfd,
+                                                                                            monkeypatch):
+    # Horovod's elastic driver can wait forever once every worker has ended (it ignores some failures).
+    monkeypatch.setenv("HVDTRAIN_NO_WORKER_TIMEOUT", "2")
+    env = {"PYTHONPATH": str(REPO)}
+    for mode, expected in (("orphaned", 1), ("beating", 0)):
+        job = JobMonitor("127.0.0.1", elastic=True)
+        start = time.monotonic()
+        try:
+            assert execute(_launcher(tmp_path, mode), env, monitor=job) == expected, mode
+        finally:
+            job.close()
+        assert time.monotonic() - start < 60
+    err = capfd.readouterr().err
+    assert err.count("no worker of the elastic job has reported for") == 1, err
+    assert "(the last was rank 1 (host" in err and "set HVDTRAIN_NO_WORKER_TIMEOUT" in err
