@@ -19,6 +19,7 @@ same shape: each collective is named from the group's counter.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import horovod.torch as hvd
@@ -80,71 +81,42 @@ class TensorGroup:
         return tensor[..., self.part(tensor.shape[-1], "the last dimension")].contiguous()
 
 
-class _CopyToGroup(torch.autograd.Function):
-    """"f": the input enters the group whole; the gradients of the ranks' parts are summed."""
+class _GroupOperator(torch.autograd.Function):
+    """``forward(group, tensor)`` forward and ``backward(group, grad)`` backward: a conjugate pair."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-        ctx.group = group
-        return tensor
+    def forward(ctx: Any, tensor: torch.Tensor, group: TensorGroup, forward: Callable, backward: Callable
+                ) -> torch.Tensor:
+        ctx.group, ctx.backward = group, backward
+        return forward(group, tensor)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return ctx.group.allreduce(grad), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return ctx.backward(ctx.group, grad), None, None, None
 
 
-class _ReduceFromGroup(torch.autograd.Function):
-    """"g": the ranks' partial results are summed; the gradient goes back to each unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-        return group.allreduce(tensor)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
-
-
-class _GatherFromGroup(torch.autograd.Function):
-    """The ranks' slices of the last dimension joined; each gets its slice of the gradient back."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-        ctx.group = group
-        return group.gather_last(tensor)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return ctx.group.own_last(grad), None
-
-
-class _ScatterToGroup(torch.autograd.Function):
-    """Each rank keeps its slice of the last dimension; the gradient slices are joined."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-        ctx.group = group
-        return group.own_last(tensor)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return ctx.group.gather_last(grad), None
+def _unchanged(_group: TensorGroup, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def copy_to_group(tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-    return _CopyToGroup.apply(tensor, group)
+    """"f": the input enters the group whole; the gradients of the ranks' parts are summed."""
+    return _GroupOperator.apply(tensor, group, _unchanged, TensorGroup.allreduce)
 
 
 def reduce_from_group(tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-    return _ReduceFromGroup.apply(tensor, group)
+    """"g": the ranks' partial results are summed; the gradient goes back to each unchanged."""
+    return _GroupOperator.apply(tensor, group, TensorGroup.allreduce, _unchanged)
 
 
 def gather_from_group(tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-    return _GatherFromGroup.apply(tensor, group)
+    """The ranks' slices of the last dimension joined; each gets its slice of the gradient back."""
+    return _GroupOperator.apply(tensor, group, TensorGroup.gather_last, TensorGroup.own_last)
 
 
 def scatter_to_group(tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
-    return _ScatterToGroup.apply(tensor, group)
+    """Each rank keeps its slice of the last dimension; the gradient slices are joined."""
+    return _GroupOperator.apply(tensor, group, TensorGroup.own_last, TensorGroup.gather_last)
 
 
 def _shard(tensor: torch.Tensor | None, part: slice, dim: int) -> nn.Parameter | None:
