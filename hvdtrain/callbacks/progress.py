@@ -44,11 +44,6 @@ class ProgressBar(Callback):
         metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(ctx.logs.items()))
         print(f"epoch {ctx.epoch + 1}/{ctx.max_epochs}  {metrics}", flush=True)
 
-    @rank_zero_only
-    def on_train_end(self, ctx: TrainContext) -> None:
-        if ctx.stop_reason:
-            print(f"stopped: {ctx.stop_reason}", flush=True)
-
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
         self._close_bar()
 

@@ -1,6 +1,7 @@
 """TrainContext: the one state object every callback hook receives."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -8,6 +9,8 @@ from hvdtrain.core.adapter import FrameworkAdapter
 from hvdtrain.core.backend import Backend, SerialBackend, any_rank
 from hvdtrain.core.layout import Layout
 from hvdtrain.core.progress import Progress, StepOutcome
+
+log = logging.getLogger("hvdtrain")
 
 
 @dataclass
@@ -123,8 +126,17 @@ class TrainContext:
 
     def stop_agreed(self, reason: str) -> None:
         """Stop now: for a decision every rank has already reached identically."""
-        self.stop_training = True
-        self.stop_reason = self.stop_reason or reason
+        self._stopped(self.stop_reason or reason)
+
+    def stop_state(self) -> dict[str, Any]:
+        """The stop requested but not yet agreed, for an elastic commit (a commit never follows an agreed stop)."""
+        return {"wish": self._stop_wish, "reason": self.stop_reason}
+
+    def load_stop_state(self, state: dict[str, Any]) -> None:
+        """Roll the stop back to a commit's: a stop agreed after it (say, in a collective that a lost worker
+        broke) is forgotten, and the ranks decide again as they replay the steps."""
+        self.stop_training = False
+        self._stop_wish, self.stop_reason = state["wish"], state["reason"]
 
     def agree_on_stop(self) -> bool:
         """Collective: stop every rank if any rank requested it; returns the decision.
@@ -134,7 +146,12 @@ class TrainContext:
         """
         wish = self._stop_wish
         if any_rank(self.backend, wish):
-            self.stop_training = True
             reasons = self.backend.allgather_object(self.stop_reason if wish else None)
-            self.stop_reason = next(r for r in reasons if r)
+            self._stopped(next(r for r in reasons if r))
         return self.stop_training
+
+    def _stopped(self, reason: str) -> None:
+        if self.is_root and not self.stop_training:
+            log.warning("training stops at epoch %d of %d, step %d: %s", self.epoch + 1, self.max_epochs,
+                        self.global_step, reason)
+        self.stop_training, self.stop_reason = True, reason

@@ -1,7 +1,7 @@
 """Elastic training's state: in-memory commits that a lost worker rolls back to and a new worker syncs from.
 
 A commit is an in-memory checkpoint: the model and optimizer (through the adapter's safe encoding,
-so it is a copy on the host), the progress, the history and the callbacks' state, plus this rank's
+so it is a copy on the host), the progress, the history, a requested stop and the callbacks' state, plus this rank's
 RNG. After a failure the survivors ``restore`` their last commit; after the world is rebuilt every
 rank ``sync``s rank 0's commit. When the world size changed, the data is re-sharded from the
 progress (the remaining samples of the epoch over the new ranks), the learning rates are rescaled
@@ -96,7 +96,7 @@ class ElasticState:
             return {"error": ctx.startup_error}
         return {"model_optimizer": ctx.adapter.serialize(ctx.adapter.state_dict(ctx.model, ctx.optimizer)),
                 "progress": ctx.progress.resume_point(), "history": list(ctx.history),
-                "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
+                "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {}, "stop": ctx.stop_state(),
                 "world_size": self._state_world or ctx.size}
 
     def _load(self, committed: dict[str, Any]) -> None:
@@ -104,6 +104,7 @@ class ElasticState:
         ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, ctx.adapter.deserialize(committed["model_optimizer"]))
         ctx.progress.load(committed["progress"])
         ctx.history = list(committed["history"])
+        ctx.load_stop_state(committed["stop"])
         if ctx.callbacks is not None:
             ctx.callbacks.load_state_dict(committed["callbacks"])
         old_size = committed["world_size"]

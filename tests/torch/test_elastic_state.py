@@ -52,6 +52,31 @@ def test_restore_returns_to_the_commit_and_sync_keeps_it():
     assert torch.equal(_params(trainer.model), committed)
 
 
+def test_a_stop_agreed_after_the_commit_is_rolled_back_and_the_replayed_epochs_run():
+    # A survivor can agree a stop in the step a lost worker broke; the replay from the commit decides again.
+    trainer = _trainer()
+    ctx = trainer.ctx
+    state = _started(trainer)
+    state.sync()
+    ctx.stop_agreed("non-finite loss on rank 0 at step 3")
+    state.restore()
+    assert not ctx.stop_training and ctx.stop_reason is None
+    trainer._train_epochs()
+    assert len(ctx.history) == 2
+
+
+def test_a_stop_requested_before_the_commit_is_still_requested_after_a_rollback():
+    trainer = _trainer()
+    ctx = trainer.ctx
+    state = _started(trainer)
+    ctx.request_stop("early stopping: loss did not improve for 3 epochs")
+    state.sync()
+    ctx.agree_on_stop()
+    state.restore()
+    assert not ctx.stop_training
+    assert ctx.agree_on_stop() and ctx.stop_reason.startswith("early stopping")
+
+
 def test_a_commit_from_a_larger_world_rescales_the_learning_rate_and_tells_the_callbacks():
     heard = Heard()
     trainer = _trainer([heard])

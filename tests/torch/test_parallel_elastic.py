@@ -61,6 +61,7 @@ def test_the_digits_example_survives_losing_rank_0_and_takes_a_returning_worker_
     wait_for(lambda: reached_epoch(out / "checkpoints", 3), proc, timeout=120)
     os.kill(worker_pids(str(out))[0], signal.SIGKILL)
     output = finish_elastic(proc, timeout=300)
+    print(output)  # whole, in the report of a failure
     if proc.returncode != 0 and UPSTREAM_GLOO_ABORT in output:
         # Under load a survivor's Gloo can abort the process when a peer dies mid-collective (upstream);
         # then no worker is left, Horovod's driver waits forever, and hvdtrain run must end the job.
