@@ -63,26 +63,26 @@ class ModelCheckpoint(Callback):
     def save(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None) -> Path:
         """Collective: gather RNG states, write on rank 0, share the outcome."""
         rng_states = ctx.backend.allgather_object(ctx.adapter.rng_state())
+        model_optimizer = ctx.adapter.state_dict(ctx.model, ctx.optimizer)  # collective for sharded state
         if ctx.layout.pipeline > 1:
-            outcome = self._save_stages(ctx, resume_point, score, rng_states)
+            outcome = self._save_stages(ctx, model_optimizer, resume_point, score, rng_states)
         else:
-            outcome = self._write(ctx, resume_point, score, rng_states) if ctx.is_root else {}
+            outcome = self._write(ctx, model_optimizer, resume_point, score, rng_states) if ctx.is_root else {}
         outcome = ctx.backend.broadcast_object(outcome)
         if "error" in outcome:
             raise CheckpointError(outcome["error"])
         self.last_saved = Path(outcome["path"])
         return self.last_saved
 
-    def _write(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None,
-               rng_states: list[Any]) -> dict[str, Any]:
-        state = {"model_optimizer": ctx.adapter.state_dict(ctx.model, ctx.optimizer),
-                 **self._run_state(ctx, resume_point, rng_states)}
+    def _write(self, ctx: TrainContext, model_optimizer: dict[str, Any], resume_point: dict[str, Any],
+               score: float | None, rng_states: list[Any]) -> dict[str, Any]:
+        state = {"model_optimizer": model_optimizer, **self._run_state(ctx, resume_point, rng_states)}
         return self._saved(self._attempt(lambda: self.manager.save(
             ctx.adapter.serialize(state), epoch=resume_point["epoch"], global_step=ctx.global_step, score=score,
             metadata=self._metadata(ctx))))
 
-    def _save_stages(self, ctx: TrainContext, resume_point: dict[str, Any], score: float | None,
-                     rng_states: list[Any]) -> dict[str, Any]:
+    def _save_stages(self, ctx: TrainContext, model_optimizer: dict[str, Any], resume_point: dict[str, Any],
+                     score: float | None, rng_states: list[Any]) -> dict[str, Any]:
         """Collective: each stage's first replica writes its part; rank 0 commits the manifest, if all succeeded."""
         layout, epoch = ctx.layout, resume_point["epoch"]
         checkpoint = self.manager.directory_for(epoch, ctx.global_step)
@@ -91,8 +91,7 @@ class ModelCheckpoint(Callback):
             header = {"stage": layout.stage, "pipeline": layout.pipeline, "epoch": epoch,
                       "global_step": ctx.global_step}
             written = self._attempt(lambda: self.manager.save_part(
-                checkpoint, layout.stage, ctx.adapter.serialize(ctx.adapter.state_dict(ctx.model, ctx.optimizer)),
-                header))
+                checkpoint, layout.stage, ctx.adapter.serialize(model_optimizer), header))
             if "path" in written:
                 written["sha256"] = read_header(Path(written["path"]))["payload_sha256"]
         reports = [report for report in ctx.backend.allgather_object(written) if report is not None]

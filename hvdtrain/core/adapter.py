@@ -19,7 +19,11 @@ class FrameworkAdapter(Protocol):
         """
 
     def state_dict(self, model: Any, optimizer: Any) -> dict[str, Any]:
-        """Model and optimizer state: nested dicts, lists, tuples, scalars, strings, None and tensors."""
+        """Model and optimizer state: nested dicts, lists, tuples, scalars, strings, None and tensors.
+
+        Collective: checkpoints call it on every rank, since a sharded optimizer gathers its state (to
+        rank 0; the other ranks' copy may leave that state out).
+        """
 
     def load_state_dict(self, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""

@@ -59,6 +59,9 @@ class TrainingOptions:
                                            "hvdtrain.torch.init(pipeline=P)); more keep the stages busier")
     pipeline_schedule: str = _option("1f1b", "str", f"order of a pipeline's passes: one of {SCHEDULES} (1f1b holds "
                                                     "fewer activations)", flag="--schedule")
+    shard_optimizer_state: int = _option(0, "int", "ZeRO stage (PyTorch): 1 shards the optimizer state over the "
+                                                   "data-parallel replicas, 2 the gradients between accumulation "
+                                                   "passes too; 0 replicates both")
     compression: str = _option("none", "str", f"gradient compression on the wire: one of {COMPRESSIONS}")
     op: str = _option("average", "str", f"how gradients are combined: one of {REDUCE_OPS}")
     scale_lr: bool = _option(True, "bool", "multiply the LR by the number of workers (linear scaling rule)",
@@ -132,6 +135,8 @@ def _problems(o: TrainingOptions) -> list[tuple[str, str]]:
         ("micro_batches", o.micro_batches >= 1, f"must be >= 1 (got {o.micro_batches})"),
         ("pipeline_schedule", o.pipeline_schedule in SCHEDULES,
          f"must be one of {list(SCHEDULES)} (got {o.pipeline_schedule!r})"),
+        ("shard_optimizer_state", o.shard_optimizer_state in (0, 1, 2),
+         f"must be 0 (off), 1 (optimizer state) or 2 (and gradients) (got {o.shard_optimizer_state})"),
         ("compression", o.compression in COMPRESSIONS,
          f"must be one of {sorted(COMPRESSIONS)} (got {o.compression!r})"),
         ("op", o.op in REDUCE_OPS, f"must be one of {sorted(REDUCE_OPS)} (got {o.op!r})"),

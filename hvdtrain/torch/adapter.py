@@ -14,6 +14,7 @@ from hvdtrain.core.agreement import check_ranks_agree
 from hvdtrain.core.checkpoint_io import CheckpointError
 from hvdtrain.core.state_codec import UnsafeCheckpointError, decode_state, encode_state
 from hvdtrain.torch.backend import TorchBackend, default_backend
+from hvdtrain.torch.sharded_optimizer import ShardedState
 
 
 class TorchAdapter:
@@ -49,7 +50,13 @@ class TorchAdapter:
                 obj.load_state_dict(states[name])
 
     def state_dict(self, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+        """The model's, the optimizer's and the extra state. Collective with a sharded optimizer, whose
+        state is gathered, a bucket at a time, on rank 0 (the other ranks get its parameter groups)."""
+        if isinstance(optimizer, ShardedState):
+            optimizer_state = optimizer.state_dict(keep=self.backend.rank == 0)
+        else:
+            optimizer_state = optimizer.state_dict() if optimizer else None
+        return {"model": model.state_dict(), "optimizer": optimizer_state,
                 "extra": {name: obj.state_dict() for name, obj in self.extra_state.items()}}
 
     def load_state_dict(self, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:

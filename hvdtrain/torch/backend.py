@@ -20,6 +20,7 @@ from hvdtrain.core.logs import configure_logging
 from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads, initialize
 from hvdtrain.engine.peers import PeerChannel
 from hvdtrain.torch.named_optimizers import by_name, parameters_of
+from hvdtrain.torch.sharded_optimizer import ShardedState
 
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
 _OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
@@ -43,8 +44,18 @@ class TorchBackend(Backend, Protocol):
     def start_sum(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise sum over ranks; ``wait(handle)`` returns it."""
 
+    def start_reducescatter(self, tensor: torch.Tensor, name: str) -> Any:
+        """Start averaging a flat ``tensor`` over this rank's data-parallel group, keeping this replica's slice
+        (replica r of N gets ``n // N + (r < n % N)`` elements); ``wait(handle)`` returns it."""
+
+    def start_allgather(self, tensor: torch.Tensor, name: str) -> Any:
+        """Start concatenating every replica's ``tensor`` (dim 0, in replica order); ``wait`` returns it."""
+
+    def broadcast_tensor(self, tensor: torch.Tensor, root: int, name: str) -> torch.Tensor:
+        """``root``'s ``tensor`` on every replica of this rank's data-parallel group (in place)."""
+
     def wait(self, handle: Any) -> torch.Tensor:
-        """The result of a ``start_max``/``start_sum``."""
+        """The result of a ``start_max``/``start_sum``/``start_reducescatter``/``start_allgather``."""
 
     @property
     def peers(self) -> PeerChannel:
@@ -86,9 +97,28 @@ class HorovodBackend(HorovodBackendBase):
             self._broadcast_within_stage(model, optimizer)
             return
         with self.watch("the initial broadcast of the model and optimizer"):
-            hvd.broadcast_parameters(model.state_dict(), root_rank=root)
             for each in by_name(optimizer).values():
-                hvd.broadcast_optimizer_state(each, root_rank=root)
+                if isinstance(each, ShardedState):
+                    each.broadcast_state(root)
+                else:
+                    self._broadcast_optimizer(each, root)
+            # After the optimizers: a rank whose optimizer had no state yet took a step to create it.
+            hvd.broadcast_parameters(model.state_dict(), root_rank=root)
+
+    def _broadcast_optimizer(self, optimizer: torch.optim.Optimizer, root: int) -> None:
+        """``root``'s optimizer state; for an optimizer that has none yet on ``root``, its hyperparameters only.
+
+        Horovod's ``broadcast_optimizer_state`` creates missing state with a zero-gradient step, which
+        counts as Adam's first step (its bias correction) and decays AdamW's weights: a fresh optimizer
+        must start as it would in one process.
+        """
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        agreed = self.broadcast_object({"fresh": not optimizer.state, "groups": hyper}, root)
+        if not agreed["fresh"]:
+            hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+            return
+        for group, values in zip(optimizer.param_groups, agreed["groups"]):
+            group.update(values)
 
     def _broadcast_within_stage(self, model: torch.nn.Module, optimizer: Any) -> None:
         """Every tensor of the stage's model and optimizer state from its first replica, named by stage."""
@@ -118,8 +148,29 @@ class HorovodBackend(HorovodBackendBase):
         """Start an element-wise sum over ranks of ``tensor``; ``wait`` returns the result."""
         return hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
 
+    def start_reducescatter(self, tensor: torch.Tensor, name: str) -> Any:
+        process_set = self.data_process_set
+        if process_set is None:
+            return tensor
+        return hvd.reducescatter_async(tensor, name=name, op=hvd.Average, process_set=process_set)
+
+    def start_allgather(self, tensor: torch.Tensor, name: str) -> Any:
+        process_set = self.data_process_set
+        if process_set is None:
+            return tensor
+        return hvd.allgather_async(tensor, name=name, process_set=process_set)
+
+    def broadcast_tensor(self, tensor: torch.Tensor, root: int, name: str) -> torch.Tensor:
+        process_set = self.data_process_set
+        if process_set is None:
+            return tensor
+        with self.watch(f"the broadcast {name}"):
+            return hvd.broadcast_(tensor, root_rank=root, name=name, process_set=process_set)
+
     def wait(self, handle: Any) -> torch.Tensor:
-        with self.watch("an allreduce of hvdtrain's step flags"):
+        if torch.is_tensor(handle):  # a group of one: nothing was sent
+            return handle
+        with self.watch("a collective of hvdtrain's step (flags, or sharded gradients and weights)"):
             return hvd.synchronize(handle)
 
 
@@ -142,12 +193,23 @@ class SerialBackend(CoreSerialBackend):
                            "and a launch of P or more workers")
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
-        return None
+        for each in by_name(optimizer).values():
+            if isinstance(each, ShardedState):
+                each.broadcast_state(root)  # takes up the state it loaded
 
     def start_max(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
 
     def start_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        return tensor
+
+    def start_reducescatter(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        return tensor
+
+    def start_allgather(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        return tensor
+
+    def broadcast_tensor(self, tensor: torch.Tensor, root: int, name: str) -> torch.Tensor:
         return tensor
 
     def wait(self, handle: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,14 @@ import torch
 
 from hvdtrain.core.options import COMPRESSIONS, REDUCE_OPS
 from hvdtrain.torch.backend import TorchBackend, default_backend
+from hvdtrain.torch.sharded_optimizer import shard_optimizer_state as sharded
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None, *,
                          backend: TorchBackend | None = None, compression: str = "none",
                          backward_passes_per_step: int = 1, op: str = "average", scale_lr: bool = True,
-                         gradient_predivide_factor: float = 1.0) -> torch.optim.Optimizer:
+                         gradient_predivide_factor: float = 1.0,
+                         shard_optimizer_state: int = 0) -> torch.optim.Optimizer:
     """Return ``optimizer`` wrapped for data parallelism (same class, ``state_dict`` and param groups).
 
     On Horovod, gradients are allreduced in the background as ``backward``
@@ -31,9 +33,13 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
         scale_lr: multiply each LR by the model replicas (the world size, without a pipeline) for
             "average"/"sum" (the linear scaling rule; pair it with ``LearningRateWarmup``).
         gradient_predivide_factor: divide before and after the sum (fp16 range).
+        shard_optimizer_state: 1 or 2 (ZeRO's stages) cut the optimizer state, and for 2 the gradients
+            between accumulation passes, across the data-parallel replicas instead of replicating them
+            (see ``hvdtrain.torch.sharded_optimizer``); 0 replicates them.
 
     Raises:
-        ValueError: an unknown compression or op, or an optimizer that is already distributed.
+        ValueError: an unknown compression or op, or an optimizer that is already distributed; sharding
+            with another op than "average", with compression or across pipeline stages.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)} (got {compression!r})")
@@ -44,12 +50,28 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
     if is_distributed(optimizer):
         raise ValueError("this optimizer is already distributed; wrap the plain optimizer once")
     backend = backend or default_backend()
+    if shard_optimizer_state:
+        _check_sharding(backend, compression, op)
     if scale_lr and op != "adasum":
         for group in optimizer.param_groups:
             group["lr"] *= backend.layout.data_size
+    if shard_optimizer_state:
+        return sharded(optimizer, backend, shard_optimizer_state, backward_passes_per_step)
     return backend.distributed_optimizer(optimizer, model, compression=compression, op=op,
                                          backward_passes_per_step=backward_passes_per_step,
                                          gradient_predivide_factor=gradient_predivide_factor)
+
+
+def _check_sharding(backend: TorchBackend, compression: str, op: str) -> None:
+    if op != "average":
+        raise ValueError(f"shard_optimizer_state averages the gradients with a reducescatter: op={op!r} cannot be "
+                         "sharded; use op='average' or shard_optimizer_state=0")
+    if compression != "none":
+        raise ValueError(f"shard_optimizer_state sends gradients uncompressed: compression={compression!r} cannot be "
+                         "sharded; use compression='none' or shard_optimizer_state=0")
+    if backend.layout.pipeline > 1:
+        raise ValueError("shard_optimizer_state does not yet run across pipeline stages: use "
+                         "shard_optimizer_state=0 with a pipeline")
 
 
 def is_distributed(optimizer: Any) -> bool:

@@ -167,6 +167,10 @@ class Trainer(EpochLoop):
                      model: torch.nn.Module, o: TrainingOptions) -> torch.optim.Optimizer | NamedOptimizers:
         """The optimizer wrapped for Horovod; several by name each over its own parameters."""
         if isinstance(optimizer, Mapping):
+            if o.shard_optimizer_state:
+                raise ValueError(f"shard_optimizer_state={o.shard_optimizer_state} shards one optimizer, and this "
+                                 f"Trainer has {len(optimizer)} ({sorted(optimizer)}): use one optimizer with a "
+                                 "parameter group each, or shard_optimizer_state=0")
             NamedOptimizers(optimizer, model)  # a parameter in two optimizers fails before any is wrapped
             return NamedOptimizers({name: self._distributed(each, model, o) for name, each in optimizer.items()})
         if is_distributed(optimizer):
@@ -176,8 +180,12 @@ class Trainer(EpochLoop):
                 group["lr"] = o.lr
         # Each micro-batch of a pipeline is a backward pass of its own.
         passes = o.backward_passes_per_step * (o.micro_batches if self.pipeline else 1)
+        if o.shard_optimizer_state and self.backend.elastic:
+            raise ValueError("shard_optimizer_state cannot run under --elastic yet (an elastic commit keeps each "
+                             "worker's whole state): launch without --elastic, or use shard_optimizer_state=0")
         return DistributedOptimizer(optimizer, model, backend=self.backend, compression=o.compression, op=o.op,
-                                    backward_passes_per_step=passes, scale_lr=o.scale_lr)
+                                    backward_passes_per_step=passes, scale_lr=o.scale_lr,
+                                    shard_optimizer_state=o.shard_optimizer_state)
 
     def _accumulation(self) -> int:
         if self.pipeline:

@@ -12,6 +12,7 @@ import torch
 from hvdtrain.torch.backend import TorchBackend
 from hvdtrain.torch.named_optimizers import parameters_of
 from hvdtrain.torch.precision import MixedPrecision
+from hvdtrain.torch.sharded_optimizer import ShardedState
 
 T = TypeVar("T")
 
@@ -40,7 +41,8 @@ class OptimizerUpdate:
         self.backend = backend
         self.precision = precision
         self.clip_norm = clip_norm
-        self.parameters = parameters_of(optimizer)
+        self.parameters = parameters_of(optimizer)  # a sharded optimizer's: this replica's slices
+        self.sharded = isinstance(optimizer, ShardedState)
         self._flag_name = f"hvdtrain.nonfinite.{name}"
         self._nonfinite_rank = torch.zeros((), device=device)  # 1 + this rank once a loss was not finite
         self._this_rank = torch.zeros((), device=device)
@@ -72,6 +74,8 @@ class OptimizerUpdate:
             self._check = self._start_check()
         inputs = [p for p in self.parameters if p.requires_grad] if own_only else None
         self.precision.backward(loss * weight if weight != 1.0 else loss, inputs)
+        if self.sharded:
+            self.optimizer.after_backward(ends_step=start_check)
 
     def _start_check(self) -> Any:
         return self.backend.start_max(self._nonfinite_rank.reshape(1), self._flag_name)
@@ -90,7 +94,7 @@ class OptimizerUpdate:
             bad_rank = int((agreed if check is None else self.backend.wait(check)).item()) - 1
         self._nonfinite_rank.zero_()
         if bad_rank < 0:
-            if self.precision.scaler is not None and self.backend.layout.pipeline > 1:
+            if self.precision.scaler is not None and (self.backend.layout.pipeline > 1 or self.sharded):
                 self._agree_overflow(step_number)
             self.precision.unscale(self.optimizer)
             if self.clip_norm is not None:
@@ -100,13 +104,17 @@ class OptimizerUpdate:
         return bad_rank if bad_rank >= 0 else None
 
     def _agree_overflow(self, step_number: int) -> None:
-        """float16 across a pipeline: each stage's scaler sees only its own gradients, so the stages agree
-        over the world (on the pipeline's MPI communicator) whether any overflowed; then every stage's
-        scaler finds an overflow, skips the step and lowers its scale, and the scales stay equal."""
+        """float16 across a pipeline, or with sharded gradients: each stage's (or replica's) scaler sees only
+        its own gradients, so the ranks agree over the world (a pipeline's on its MPI communicator) whether
+        any overflowed; then every scaler finds an overflow, skips the step and lowers its scale, and the
+        scales stay equal."""
         grads = [p.grad for p in self.parameters if p.grad is not None]
         finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
-        overflowed = self.backend.peers.sum(np.array([0.0 if finite else 1.0]),
-                                            f"the float16 overflow check of step {step_number}")[0]
+        flag = 0.0 if finite else 1.0
+        if self.backend.layout.pipeline > 1:
+            overflowed = self.backend.peers.sum(np.array([flag]), f"the float16 overflow check of step {step_number}")[0]
+        else:
+            overflowed = self.backend.allreduce_sum([flag])[0]
         if overflowed and finite and grads:
             grads[0].fill_(float("inf"))
 
@@ -115,6 +123,9 @@ class OptimizerUpdate:
         stages, whose squared norms are summed over the world (each stage counted once per replica) on
         the pipeline's MPI communicator, as the step's other agreement is."""
         layout = self.backend.layout
+        if self.sharded:
+            self.optimizer.clip_grad_norm_(self.clip_norm)
+            return
         if layout.pipeline == 1:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
             return
