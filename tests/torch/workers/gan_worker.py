@@ -185,7 +185,8 @@ def main() -> None:
         hvd.broadcast_parameters(gan.state_dict(), root_rank=0)
         train_by_hand(gan, wrap, backend.rank, backend.size, args.epochs, accumulate=args.accumulate,
                       clip=args.clip, warmup_epochs=args.warmup_epochs, precision=args.precision,
-                      broadcast=lambda opt: hvd.broadcast_optimizer_state(opt, root_rank=0))
+                      broadcast=None)  # fresh optimizers have no state to spread (Horovod's
+        # broadcast_optimizer_state would create it with a zero-gradient step: Adam's first, in one process none)
     else:
         around = ParamsAround()
         _, callbacks = probe_callbacks(args)
