@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--init-scale", type=float, help="the fp16 loss scaler's first scale")
     p.add_argument("--device", help="default: cuda:<local_rank> with CUDA, else cpu")
     p.add_argument("--onecycle", action="store_true", help="drive the LR with torch's OneCycleLR")
+    p.add_argument("--shard", type=int, default=0, help="shard_optimizer_state (ZeRO stage)")
     p.add_argument("--predict", action="store_true",
                    help="after training, predict(all_ranks=True) on 101 samples and the model on all of them")
     args = p.parse_args()
@@ -66,7 +67,8 @@ def train(args, backend) -> None:
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every_n_steps=args.every_n_steps,
                          resume=args.resume, monitor="plateau" if args.patience else "val_loss",
                          early_stopping_patience=args.patience, progress=False, precision=args.precision,
-                         device=args.device, commit_every_n_steps=args.commit_every)
+                         device=args.device, commit_every_n_steps=args.commit_every,
+                         shard_optimizer_state=args.shard)
     if args.init_scale:
         trainer.precision.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=args.init_scale)
     if args.no_metric_average:
