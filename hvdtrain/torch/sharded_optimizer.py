@@ -139,14 +139,13 @@ class ShardedState:
     def reduce_gradients(self) -> None:
         """Collective: average this backward pass's gradients over the replicas into this replica's
         slices (adding to earlier passes' of the round), then free the full gradients."""
-        handles = [self._backend.start_reducescatter(bucket.flat_gradient(), f"hvdtrain.shard.grad.{bucket.index}")
-                   for bucket in self._buckets]
-        for bucket, handle in zip(self._buckets, handles):
+        for bucket in self._buckets:  # one at a time: at most one flat bucket beyond the gradients
+            handle = self._backend.start_reducescatter(bucket.flat_gradient(), f"hvdtrain.shard.grad.{bucket.index}")
+            for param in bucket.params:
+                param.grad = None
             shard = self._backend.wait(handle).to(bucket.flat.dtype)
             target = bucket.slice
             target.grad = shard if target.grad is None else target.grad.add_(shard)
-            for param in bucket.params:
-                param.grad = None
         self._reduced = True
 
     def after_backward(self, ends_step: bool) -> None:
@@ -187,10 +186,10 @@ class ShardedState:
             self.synchronize()
         loss = super().step(closure)  # type: ignore[misc]
         self._loaded = None
-        handles = [self._backend.start_allgather(b.slice.detach().clone(), f"hvdtrain.shard.param.{b.index}")
-                   for b in self._buckets]
         with torch.no_grad():
-            for bucket, handle in zip(self._buckets, handles):
+            for bucket in self._buckets:
+                handle = self._backend.start_allgather(bucket.slice.detach().clone(),
+                                                       f"hvdtrain.shard.param.{bucket.index}")
                 bucket.flat.copy_(self._backend.wait(handle))
         self._reduced = False
         return loss

@@ -112,7 +112,8 @@ class OptimizerUpdate:
         finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
         flag = 0.0 if finite else 1.0
         if self.backend.layout.pipeline > 1:
-            overflowed = self.backend.peers.sum(np.array([flag]), f"the float16 overflow check of step {step_number}")[0]
+            overflowed = self.backend.peers.sum(np.array([flag]),
+                                                f"the float16 overflow check of step {step_number}")[0]
         else:
             overflowed = self.backend.allreduce_sum([flag])[0]
         if overflowed and finite and grads:

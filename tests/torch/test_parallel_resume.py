@@ -12,7 +12,8 @@ TRAIN = Path(__file__).parent / "workers" / "train_worker.py"
 pytestmark = pytest.mark.parallel
 
 
-@pytest.mark.parametrize(("launcher", "sharding"), [("horovodrun", []), ("mpirun", []), ("horovodrun", ["--shard", "2"])],
+@pytest.mark.parametrize(("launcher", "sharding"),
+                         [("horovodrun", []), ("mpirun", []), ("horovodrun", ["--shard", "2"])],
                          ids=["horovodrun", "mpirun", "horovodrun-sharded"])
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, launcher, sharding):
     args = ["--epochs", "3", "--every-n-steps", "4", *sharding]
