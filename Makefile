@@ -48,9 +48,10 @@ demo: $(STAMP)  ## the main job: 2-worker PyTorch training on the bundled digits
 doctor: $(STAMP)
 	$(VENV)/bin/hvdtrain doctor
 
-bench: $(STAMP)  ## throughput benchmarks (data parallel, then the pipeline); writes docs/performance-results.md, docs/performance.png and benchmarks/results/
+bench: $(STAMP)  ## throughput benchmarks (data parallel, the pipeline, sharded-state memory); writes docs/performance-results.md, docs/performance.png and benchmarks/results/
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.pipeline
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.memory
 
 bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md
 	$(HOROVODRUN) -np 1 $(PY) -m benchmarks.gpu

@@ -27,7 +27,7 @@ from hvdtrain.tensorflow.data import (
     contiguous_shard,
     take,
 )
-from hvdtrain.tensorflow.optimizer import is_distributed
+from hvdtrain.tensorflow.optimizer import check_keras_options, is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.schedule import drive_keras_schedule
 from hvdtrain.tensorflow.trainer import distributed_optimizer
@@ -314,6 +314,7 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any = Non
         Keras' ``History`` (metrics averaged across ranks).
     """
     o = TrainingOptions.merged(options, overrides, "fit")
+    check_keras_options(o)
     if backend is None:
         backend = default_backend()
     check_elastic_input(backend, x=x, validation_data=validation_data)

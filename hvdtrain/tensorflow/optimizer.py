@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from hvdtrain.core.options import COMPRESSIONS
+from hvdtrain.core.options import COMPRESSIONS, OptionsError, TrainingOptions
 from hvdtrain.tensorflow.backend import TensorFlowBackend, default_backend
 from hvdtrain.tensorflow.schedule import ScaledSchedule, learning_rate_owner, scale_learning_rate
 
@@ -320,3 +320,15 @@ def _distributed_class(cls: type) -> type:
         _CLASS_CACHE[cls] = type(cls.__name__, (_DistributedOptimizer, cls),
                                  {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
     return _CLASS_CACHE[cls]
+
+
+def check_keras_options(options: TrainingOptions) -> None:
+    """Refuse the options only the PyTorch Trainer implements.
+
+    Raises:
+        OptionsError: ``shard_optimizer_state`` is set.
+    """
+    if options.shard_optimizer_state:
+        raise OptionsError(f"shard_optimizer_state={options.shard_optimizer_state} is PyTorch-only: Keras optimizers "
+                           "keep their whole state on every worker here; use shard_optimizer_state=0",
+                           "shard_optimizer_state")

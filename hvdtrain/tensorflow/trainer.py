@@ -26,7 +26,7 @@ from hvdtrain.tensorflow.data import (
     num_samples,
     take,
 )
-from hvdtrain.tensorflow.optimizer import DistributedOptimizer, is_distributed
+from hvdtrain.tensorflow.optimizer import DistributedOptimizer, check_keras_options, is_distributed
 from hvdtrain.tensorflow.precision import check_model_precision, with_loss_scaling
 from hvdtrain.tensorflow.schedule import drive_keras_schedule, learning_rate_owner
 from hvdtrain.tensorflow.step import LossFn, TrainerSteps
@@ -107,6 +107,7 @@ class Trainer(EpochLoop):
                  steps_per_epoch: int | None = None,
                  options: TrainingOptions | None = None, **overrides: Any) -> None:
         self.options = o = TrainingOptions.merged(options, overrides, "Trainer")
+        check_keras_options(o)
         if backend is None:
             backend = default_backend()
         self.backend = backend

@@ -98,6 +98,10 @@ def test_trainer_rejects_unbuilt_models_and_bad_data(backend):
         htf.Trainer(model(), keras.optimizers.SGD(), loss(), data()[0])
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         htf.Trainer(model(), keras.optimizers.SGD(), loss(), data(), resume=True)
+    with pytest.raises(ValueError, match="shard_optimizer_state=1 is PyTorch-only"):
+        htf.Trainer(model(), keras.optimizers.SGD(), loss(), data(), shard_optimizer_state=1)
+    with pytest.raises(ValueError, match="shard_optimizer_state=2 is PyTorch-only"):
+        htf.fit(compiled(), *data(), shard_optimizer_state=2)
 
 
 def compiled(seed=0):
