@@ -9,10 +9,18 @@ from typing import Any
 from hvdtrain._version import __version__
 from hvdtrain.callbacks.base import Callback, Order
 from hvdtrain.callbacks.monitor import Monitor
-from hvdtrain.core.checkpoint import MANIFEST, CheckpointError, CheckpointInfo, CheckpointManager, load_file, part_name
+from hvdtrain.core.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointManager,
+    layout_part_name,
+    load_file,
+)
 from hvdtrain.core.checkpoint_io import read_checkpoint, read_header
 from hvdtrain.core.context import TrainContext
 from hvdtrain.core.elastic import rescale_for_world_size
+from hvdtrain.core.layout import Layout
 from hvdtrain.core.state_codec import LegacyCheckpointError, legacy_message
 
 log = logging.getLogger("hvdtrain")
@@ -64,7 +72,7 @@ class ModelCheckpoint(Callback):
         """Collective: gather RNG states, write on rank 0, share the outcome."""
         rng_states = ctx.backend.allgather_object(ctx.adapter.rng_state())
         model_optimizer = ctx.adapter.state_dict(ctx.model, ctx.optimizer)  # collective for sharded state
-        if ctx.layout.pipeline > 1:
+        if ctx.layout.parts > 1:
             outcome = self._save_stages(ctx, model_optimizer, resume_point, score, rng_states)
         else:
             outcome = self._write(ctx, model_optimizer, resume_point, score, rng_states) if ctx.is_root else {}
@@ -88,10 +96,10 @@ class ModelCheckpoint(Callback):
         checkpoint = self.manager.directory_for(epoch, ctx.global_step)
         written = None
         if layout.data_rank == 0:
-            header = {"stage": layout.stage, "pipeline": layout.pipeline, "epoch": epoch,
-                      "global_step": ctx.global_step}
+            header = {"stage": layout.stage, "pipeline": layout.pipeline, "tensor_rank": layout.tensor_rank,
+                      "tensor": layout.tensor, "epoch": epoch, "global_step": ctx.global_step}
             written = self._attempt(lambda: self.manager.save_part(
-                checkpoint, layout.stage, ctx.adapter.serialize(model_optimizer), header))
+                checkpoint, layout_part_name(layout), ctx.adapter.serialize(model_optimizer), header))
             if "path" in written:
                 written["sha256"] = read_header(Path(written["path"]))["payload_sha256"]
         reports = [report for report in ctx.backend.allgather_object(written) if report is not None]
@@ -119,6 +127,7 @@ class ModelCheckpoint(Callback):
 
     def _metadata(self, ctx: TrainContext) -> dict[str, Any]:
         return {"world_size": ctx.size, "data_size": ctx.data_size, "pipeline": ctx.layout.pipeline,
+                "tensor": ctx.layout.tensor,
                 "framework": ctx.adapter.name, "monitor": self.monitor.metric if self.monitor else None,
                 "versions": dict(ctx.adapter.versions(), hvdtrain=__version__)}
 
@@ -206,16 +215,16 @@ class ResumeFromCheckpoint(Callback):
             return {}
         info, payload = loaded
         old_size = int(info.header.get("data_size", info.header.get("world_size", ctx.data_size)))
-        old_stages = int(info.header.get("pipeline", 1))
-        if old_stages != ctx.layout.pipeline:
-            return {"error": f"{info.path} was written by {old_stages} pipeline stage(s) x {old_size} replica(s) "
-                             f"but this job is {ctx.layout.describe()}: a checkpoint resumes only with its stage "
-                             f"count. Relaunch with hvdtrain.torch.init(pipeline={old_stages}) (any multiple of "
-                             f"{old_stages} workers)."}
+        old_stages, old_tensor = int(info.header.get("pipeline", 1)), int(info.header.get("tensor", 1))
+        if (old_stages, old_tensor) != (ctx.layout.pipeline, ctx.layout.tensor):
+            return {"error": f"{info.path} was written by {Layout(old_stages, old_size, 0, old_tensor).describe()} "
+                             f"but this job is {ctx.layout.describe()}: a checkpoint resumes only with its stage and "
+                             f"tensor-slice counts. Relaunch with hvdtrain.torch.init(pipeline={old_stages}, "
+                             f"tensor={old_tensor}) (any multiple of {old_stages * old_tensor} workers)."}
         if old_size != ctx.data_size and self.on_world_size_change == "error":
             return {"error": f"{info.path} was written by {old_size} data-parallel replica(s) but this job has "
-                             f"{ctx.data_size}. Relaunch with -np {old_size * old_stages}, or resume with "
-                             "on_world_size_change='reshard' to re-shard the data."}
+                             f"{ctx.data_size}. Relaunch with -np {old_size * old_stages * old_tensor}, or resume "
+                             "with on_world_size_change='reshard' to re-shard the data."}
         try:
             state = ctx.adapter.deserialize(payload)
         except LegacyCheckpointError as err:
@@ -243,8 +252,8 @@ class ResumeFromCheckpoint(Callback):
 
     @staticmethod
     def _load_stage(ctx: TrainContext, checkpoint: Path) -> None:
-        """Collective: every rank loads its stage's part; a failure on any rank fails every rank alike."""
-        part = checkpoint / part_name(ctx.layout.stage)
+        """Collective: every rank loads its part; a failure on any rank fails every rank alike."""
+        part = checkpoint / layout_part_name(ctx.layout)
         try:
             ctx.adapter.load_state_dict(ctx.model, ctx.optimizer, ctx.adapter.deserialize(read_checkpoint(part)[1]))
             error = None

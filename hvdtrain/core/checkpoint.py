@@ -33,9 +33,15 @@ SUFFIX = ".ckpt"
 MANIFEST = "manifest" + SUFFIX
 
 
-def part_name(stage: int) -> str:
-    """The file a pipeline stage's state is written to, inside a checkpoint directory."""
-    return f"stage{stage:03d}{SUFFIX}"
+def part_name(stage: int, tensor_rank: int | None = None) -> str:
+    """The file a pipeline stage's state (or its ``tensor_rank``-th tensor slice's) is written to, inside a
+    checkpoint directory."""
+    return f"stage{stage:03d}{'' if tensor_rank is None else f'-tensor{tensor_rank:03d}'}{SUFFIX}"
+
+
+def layout_part_name(layout: Any) -> str:
+    """The part file of a rank with this ``Layout``."""
+    return part_name(layout.stage, layout.tensor_rank if layout.tensor > 1 else None)
 
 
 @dataclass(frozen=True)
@@ -103,10 +109,10 @@ class CheckpointManager:
                                         header.get("score"), header))
         return sorted(infos, key=lambda i: (i.global_step, i.epoch, i.path.name))
 
-    def save_part(self, checkpoint: Path, stage: int, payload: bytes, header: dict[str, Any]) -> Path:
-        """Write one stage's part of checkpoint directory ``checkpoint``."""
+    def save_part(self, checkpoint: Path, name: int | str, payload: bytes, header: dict[str, Any]) -> Path:
+        """Write one part of checkpoint directory ``checkpoint``: a stage's (its number), or the file ``name``."""
         checkpoint.mkdir(parents=True, exist_ok=True)
-        return write_checkpoint(checkpoint / part_name(stage), header, payload)
+        return write_checkpoint(checkpoint / (part_name(name) if isinstance(name, int) else name), header, payload)
 
     def save_manifest(self, checkpoint: Path, payload: bytes, parts: dict[str, str], *, epoch: int,
                       global_step: int, score: float | None = None,

@@ -38,9 +38,10 @@ class HorovodBackendBase:
     # thread watches the waits.
     _calls = itertools.count()
     _watchdog: Watchdog | None = None
-    # Set by a pipeline init (``initialize(pipeline=P)``); without it the layout is the live world.
-    _pipeline_layout: Layout | None = None
+    # Set by a model-parallel init (``initialize(pipeline=P)`` or ``tensor=T``); else the live world's layout.
+    _fixed_layout: Layout | None = None
     _data_process_set: Any = None
+    _tensor_process_set: Any = None
     _peer_comm: Any = None  # (mpi4py's MPI module, the pipeline's communicator)
     _peers: PeerChannel | None = None
 
@@ -83,7 +84,7 @@ class HorovodBackendBase:
     @property
     def layout(self) -> Layout:
         """Stages x replicas; without a pipeline every rank is a replica (read live: elastic resizes)."""
-        return HorovodBackendBase._pipeline_layout or Layout(1, self.size, self.rank)
+        return HorovodBackendBase._fixed_layout or Layout(1, self.size, self.rank)
 
     @property
     def data_process_set(self) -> Any:
@@ -93,6 +94,14 @@ class HorovodBackendBase:
         if layout.data_size == 1 and layout.world_size > 1:
             return None
         return HorovodBackendBase._data_process_set or self.hvd.global_process_set
+
+    @property
+    def tensor_process_set(self) -> Any:
+        """The Horovod process set of this rank's tensor group (``initialize(tensor=T)``): Horovod's global set
+        when it is the whole world, None without tensor parallelism."""
+        if self.layout.tensor == 1:
+            return None
+        return HorovodBackendBase._tensor_process_set or self.hvd.global_process_set
 
     @property
     def peers(self) -> PeerChannel:
@@ -199,28 +208,37 @@ class HorovodBackendBase:
         self.allreduce_sum([0.0])
 
 
-def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None) -> None:
+def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None, tensor: int = 1) -> None:
     """``hvd.init()``; with ``pipeline`` > 1 stages, also the layout, one Horovod process set per stage's
-    replicas, and an MPI communicator for the stages' point-to-point messages.
+    replicas, and an MPI communicator for the stages' point-to-point messages; with ``tensor`` > 1 slices,
+    the layout and a Horovod process set per data group and per tensor group.
 
     Args:
         hvd: the framework's Horovod module.
         pipeline: pipeline stages per model replica.
         mpi: returns mpi4py's ``MPI`` module (imported by the adapter; importing it starts MPI).
+        tensor: ranks each layer of ``hvdtrain.torch.tensor_parallel`` is split across.
 
     Raises:
-        RuntimeError: a pipeline without an MPI launch, without MPI thread support, or under elastic.
-        LayoutError: a world that is not a multiple of ``pipeline``.
+        RuntimeError: a pipeline without an MPI launch, without MPI thread support; either under elastic;
+            both at once.
+        LayoutError: a world that is not a multiple of ``pipeline`` (or ``tensor``).
     """
-    HorovodBackendBase._pipeline_layout = HorovodBackendBase._data_process_set = None  # an earlier init's
-    HorovodBackendBase._peer_comm = HorovodBackendBase._peers = None
-    if pipeline == 1:
+    HorovodBackendBase._fixed_layout = HorovodBackendBase._data_process_set = None  # an earlier init's
+    HorovodBackendBase._tensor_process_set = HorovodBackendBase._peer_comm = HorovodBackendBase._peers = None
+    if pipeline == 1 and tensor == 1:
         hvd.init()
         return
+    what = f"pipeline={pipeline}" if pipeline > 1 else f"tensor={tensor}"
     if os.environ.get("HOROVOD_ELASTIC") == "1":
-        raise RuntimeError(f"pipeline={pipeline} cannot run under --elastic: Horovod's elastic mode breaks its "
-                           "process sets (horovod#4021), which the stages' gradient averaging needs. Launch "
-                           "without --elastic (hvdtrain run -np N, mpirun or horovodrun --mpi).")
+        raise RuntimeError(f"{what} cannot run under --elastic: Horovod's elastic mode breaks its process sets "
+                           "(horovod#4021), which model parallelism's gradient averaging needs. Launch without "
+                           "--elastic (hvdtrain run -np N, mpirun or horovodrun).")
+    if pipeline > 1 and tensor > 1:
+        raise RuntimeError(f"pipeline={pipeline} with tensor={tensor} is not supported yet: choose one of them")
+    if tensor > 1:
+        _initialize_tensor(hvd, tensor)
+        return
     if mpi is None:
         raise RuntimeError(f"pipeline={pipeline} needs MPI's point-to-point messages, which this framework's "
                            "adapter does not provide")
@@ -229,9 +247,33 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
     layout = Layout.for_world(comm.Get_size(), comm.Get_rank(), pipeline)
     per_stage = [hvd.ProcessSet(group) for group in layout.data_groups()] if layout.data_size > 1 else []
     hvd.init(process_sets=per_stage)  # joins the MPI that mpi4py started with MPI_THREAD_MULTIPLE
-    HorovodBackendBase._pipeline_layout = layout
+    HorovodBackendBase._fixed_layout = layout
     HorovodBackendBase._data_process_set = per_stage[layout.stage] if per_stage else None
     HorovodBackendBase._peer_comm = (MPI, comm.Dup())
+
+
+def _initialize_tensor(hvd: Any, tensor: int) -> None:
+    """``hvd.init`` with every data group's and tensor group's process set (each listed on every rank)."""
+    size, rank = _launched_world()
+    layout = Layout.for_world(size, rank, tensor=tensor)
+    groups = sorted({tuple(g) for g in layout.data_groups() + layout.tensor_groups() if 1 < len(g) < size})
+    sets = {group: hvd.ProcessSet(list(group)) for group in groups}  # a set of the whole world is refused
+    hvd.init(process_sets=list(sets.values()))
+    if (hvd.size(), hvd.rank()) != (size, rank):
+        raise RuntimeError(f"the launcher said rank {rank} of {size}, Horovod says {hvd.rank()} of {hvd.size()}")
+    HorovodBackendBase._fixed_layout = layout
+    HorovodBackendBase._data_process_set = sets.get(tuple(layout.data_group()))
+    HorovodBackendBase._tensor_process_set = sets.get(tuple(layout.tensor_group()))
+
+
+def _launched_world() -> tuple[int, int]:
+    """(size, rank) of this worker, as its launcher set them: Horovod's static process sets are given before
+    Horovod has started, so its own answer comes too late."""
+    for size, rank in (("HOROVOD_SIZE", "HOROVOD_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+                       ("PMI_SIZE", "PMI_RANK")):
+        if os.environ.get(size, "").isdigit() and os.environ.get(rank, "").isdigit():
+            return int(os.environ[size]), int(os.environ[rank])
+    return 1, 0  # a process started alone
 
 
 def _mpi_world(pipeline: int, MPI: Any) -> Any:

@@ -92,8 +92,9 @@ class HorovodBackend(HorovodBackendBase):
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: Any, root: int = 0) -> None:
         """Make every rank's parameters, buffers and optimizer state (each optimizer's) equal to ``root``'s;
-        in a pipeline, each stage's replicas take their first replica's."""
-        if self.layout.pipeline > 1:
+        in a pipeline or with tensor slices, each part's replicas take their first replica's (replicated
+        parameters of a tensor group start equal when every rank builds the model alike, as it must)."""
+        if self.layout.parts > 1:
             self._broadcast_within_stage(model, optimizer)
             return
         with self.watch("the initial broadcast of the model and optimizer"):
@@ -121,7 +122,8 @@ class HorovodBackend(HorovodBackendBase):
             group.update(values)
 
     def _broadcast_within_stage(self, model: torch.nn.Module, optimizer: Any) -> None:
-        """Every tensor of the stage's model and optimizer state from its first replica, named by stage."""
+        """Every tensor of this rank's model part (its stage, or its tensor slice) and of its optimizer state from
+        the part's first replica, named by part."""
         layout, process_set = self.layout, self.data_process_set
         tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
         for opt_name, each in by_name(optimizer).items():
@@ -135,7 +137,7 @@ class HorovodBackend(HorovodBackendBase):
             return
         root = layout.rank_of(layout.stage, 0)
         with self.watch("the initial broadcast of the stage's model and optimizer"):
-            handles = [hvd.broadcast_async_(tensor, root_rank=root, name=f"hvdtrain.stage{layout.stage}.{name}",
+            handles = [hvd.broadcast_async_(tensor, root_rank=root, name=f"hvdtrain.part{layout.part}.{name}",
                                             process_set=process_set) for name, tensor in sorted(tensors.items())]
             for handle in handles:
                 hvd.synchronize(handle)
@@ -241,7 +243,7 @@ def default_backend() -> TorchBackend:
     return HorovodBackend()
 
 
-def init(threads_per_worker: int | None = None, pipeline: int = 1) -> HorovodBackend:
+def init(threads_per_worker: int | None = None, pipeline: int = 1, tensor: int = 1) -> HorovodBackend:
     """Initialize Horovod, pin this worker's GPU, size torch's thread pool, configure logging.
 
     With CUDA, worker ``local_rank`` uses GPU ``local_rank`` (``torch.cuda.set_device``).
@@ -252,15 +254,18 @@ def init(threads_per_worker: int | None = None, pipeline: int = 1) -> HorovodBac
             local workers, so workers do not fight over cores.
         pipeline: split each model replica into this many pipeline stages (``Trainer`` then trains
             stages); the workers are stages x replicas. Needs an MPI launch.
+        tensor: split the layers of ``hvdtrain.torch.tensor_parallel`` across this many neighbouring workers
+            (build them with ``TensorGroup.of(backend)``); the workers are tensor slices x
+            replicas, and gradients are averaged over the replicas holding the same slice.
 
     Returns:
         The job's backend (``backend.layout`` says this rank's stage and replica).
 
     Raises:
         RuntimeError: a node has fewer GPUs than workers; a pipeline without MPI.
-        LayoutError: a world that is not a multiple of ``pipeline``.
+        LayoutError: a world that is not a multiple of ``pipeline`` (or of ``tensor``).
     """
-    initialize(hvd, pipeline, _mpi)
+    initialize(hvd, pipeline, _mpi, tensor)
     backend = HorovodBackend()
     pin_gpu(backend.local_rank, backend.local_size)
     torch.set_num_threads(threads_per_worker or default_threads(backend.local_size))

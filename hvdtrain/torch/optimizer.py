@@ -69,9 +69,9 @@ def _check_sharding(backend: TorchBackend, compression: str, op: str) -> None:
     if compression != "none":
         raise ValueError(f"shard_optimizer_state sends gradients uncompressed: compression={compression!r} cannot be "
                          "sharded; use compression='none' or shard_optimizer_state=0")
-    if backend.layout.pipeline > 1:
-        raise ValueError("shard_optimizer_state does not yet run across pipeline stages: use "
-                         "shard_optimizer_state=0 with a pipeline")
+    if backend.layout.parts > 1:
+        raise ValueError("shard_optimizer_state does not yet run with model parallelism (pipeline stages or "
+                         "tensor slices): use shard_optimizer_state=0 with hvdtrain.torch.init(pipeline=, tensor=)")
 
 
 def is_distributed(optimizer: Any) -> bool:

@@ -48,6 +48,15 @@ class TensorGroup:
         """Every rank of the job in one group."""
         return cls(hvd.global_process_set, list(range(hvd.size())))
 
+    @classmethod
+    def of(cls, backend: Any) -> TensorGroup:
+        """This rank's tensor group in the layout of ``hvdtrain.torch.init(tensor=T)`` (its replica's T ranks)."""
+        layout = backend.layout
+        if layout.tensor == 1:
+            raise ValueError("this job has no tensor groups: initialize with hvdtrain.torch.init(tensor=T) and "
+                             "launch a multiple of T workers")
+        return cls(backend.tensor_process_set, layout.tensor_group())
+
     def name(self, kind: str) -> str:
         return f"hvdtrain.tensor.{self.ranks[0]}.{kind}.{next(self._calls)}"
 
@@ -122,7 +131,15 @@ def scatter_to_group(tensor: torch.Tensor, group: TensorGroup) -> torch.Tensor:
 def _shard(tensor: torch.Tensor | None, part: slice, dim: int) -> nn.Parameter | None:
     if tensor is None:
         return None
-    return nn.Parameter(tensor.detach().narrow(dim, part.start, part.stop - part.start).clone())
+    param = nn.Parameter(tensor.detach().narrow(dim, part.start, part.stop - part.start).clone())
+    param.tensor_parallel_dim = dim  # a slice: its gradient norm is summed over the group, not counted once
+    return param
+
+
+def is_tensor_parallel(param: torch.Tensor) -> bool:
+    """Whether ``param`` is one rank's slice of a split layer's weight (else every rank of the group holds
+    it whole)."""
+    return hasattr(param, "tensor_parallel_dim")
 
 
 class ColumnParallelLinear(nn.Module):

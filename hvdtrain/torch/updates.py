@@ -13,6 +13,7 @@ from hvdtrain.torch.backend import TorchBackend
 from hvdtrain.torch.named_optimizers import parameters_of
 from hvdtrain.torch.precision import MixedPrecision
 from hvdtrain.torch.sharded_optimizer import ShardedState
+from hvdtrain.torch.tensor_parallel import is_tensor_parallel
 
 T = TypeVar("T")
 
@@ -94,7 +95,7 @@ class OptimizerUpdate:
             bad_rank = int((agreed if check is None else self.backend.wait(check)).item()) - 1
         self._nonfinite_rank.zero_()
         if bad_rank < 0:
-            if self.precision.scaler is not None and (self.backend.layout.pipeline > 1 or self.sharded):
+            if self.precision.scaler is not None and (self.backend.layout.parts > 1 or self.sharded):
                 self._agree_overflow(step_number)
             self.precision.unscale(self.optimizer)
             if self.clip_norm is not None:
@@ -120,20 +121,26 @@ class OptimizerUpdate:
             grads[0].fill_(float("inf"))
 
     def _clip(self) -> None:
-        """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients: across a pipeline's
-        stages, whose squared norms are summed over the world (each stage counted once per replica) on
-        the pipeline's MPI communicator, as the step's other agreement is."""
+        """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients. Across a pipeline's stages
+        or a tensor group's slices, the squared norms are summed over the world (each part counted once per
+        replica), on a pipeline's MPI communicator as the step's other agreement is."""
         layout = self.backend.layout
         if self.sharded:
             self.optimizer.clip_grad_norm_(self.clip_norm)
             return
-        if layout.pipeline == 1:
+        if layout.parts == 1:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
             return
-        grads = [p.grad for p in self.parameters if p.grad is not None]
-        squares = sum((g.detach().double().square().sum() for g in grads),
-                      torch.zeros((), dtype=torch.float64, device=self._this_rank.device))
-        total = self.backend.peers.sum(np.array([squares.item()]), "the gradient norm across stages")[0]
+        held = [p for p in self.parameters if p.grad is not None]
+        grads = [p.grad for p in held]
+        squares = torch.zeros((), dtype=torch.float64, device=self._this_rank.device)
+        for param in held:  # a tensor group's replicated parameters are held whole by each rank: counted once
+            share = 1.0 if is_tensor_parallel(param) else 1.0 / layout.tensor
+            squares += param.grad.detach().double().square().sum() * share
+        if layout.pipeline > 1:
+            total = self.backend.peers.sum(np.array([squares.item()]), "the gradient norm across stages")[0]
+        else:
+            total = self.backend.allreduce_sum([squares.item()])[0]
         scale = (self.clip_norm / (torch.tensor(total / layout.data_size, dtype=torch.float64,
                                                 device=squares.device).sqrt() + 1e-6)).clamp(max=1.0)
         for grad in grads:

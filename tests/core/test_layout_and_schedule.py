@@ -22,10 +22,28 @@ def test_ranks_are_stage_major_and_every_group_is_known():
 
 
 def test_a_world_that_is_not_stages_times_replicas_is_refused_naming_the_numbers():
-    with pytest.raises(LayoutError, match=r"3 workers cannot form pipelines of 2 stages.*3 is not a multiple of 2"):
+    with pytest.raises(LayoutError, match=r"3 workers cannot form model replicas of 2 pipeline stages.*3 is not a "
+                                          r"multiple of 2.*-np 2"):
         Layout.for_world(3, 0, pipeline=2)
+    with pytest.raises(LayoutError, match=r"6 workers cannot form model replicas of 4 tensor slices: the workers must "
+                                          r"be 4 tensor slices x data replicas.*-np 4"):
+        Layout.for_world(6, 0, tensor=4)
     with pytest.raises(LayoutError, match="rank 4 is outside a world of 4"):
         Layout(2, 2, 4)
+
+
+def test_tensor_slices_are_innermost_and_each_group_is_known():
+    layouts = [Layout.for_world(8, rank, pipeline=2, tensor=2) for rank in range(8)]
+    assert [(lay.stage, lay.data_rank, lay.tensor_rank) for lay in layouts[:4]] == \
+        [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+    five = layouts[5]  # stage 1, replica 0, slice 1
+    assert (five.stage, five.data_rank, five.tensor_rank, five.part, five.parts) == (1, 0, 1, 3, 4)
+    assert five.tensor_group() == [4, 5] and five.data_group() == [5, 7]
+    assert five.previous_stage_rank == 1 and layouts[1].next_stage_rank == 5
+    assert layouts[0].data_groups() == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert layouts[0].tensor_groups() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [Layout.for_world(4, r, tensor=2).data_group() for r in range(4)] == [[0, 2], [1, 3], [0, 2], [1, 3]]
+    assert Layout.for_world(4, 0, tensor=2).describe() == "1 pipeline stage x 2 data replicas x 2 tensor slices"
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

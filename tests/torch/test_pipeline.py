@@ -71,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
                                   "--stages", "1"], launcher="mpirun", check=False)
     output = refused.stdout + refused.stderr
     assert f"{part} is truncated" in output and "falling back to the previous checkpoint" in output
-    assert "was written by 2 pipeline stage(s) x 1 replica(s) but this job is 1 pipeline stage x 2 data " \
+    assert "was written by 2 pipeline stages x 1 data replica but this job is 1 pipeline stage x 2 data " \
            "replicas" in output
     assert refused.returncode != 0
 
