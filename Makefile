@@ -30,7 +30,7 @@ test: $(STAMP) lint  ## the whole suite: lint, unit tests, multi-process tests u
 	$(PY) -m pytest tests -m "not gpu"
 
 test-gpu: $(STAMP)  ## the GPU suite (needs an NVIDIA GPU and Horovod built with NCCL; fails without them)
-	$(PY) -m pytest tests -m gpu
+	$(PY) -m pytest tests/gpu -m gpu
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -m "not parallel and not gpu"

@@ -1,12 +1,14 @@
-"""Memory per rank with sharded optimizer state (ZeRO stages 1 and 2) against plain data parallelism.
+"""Memory per rank with sharded optimizer state (ZeRO stages 1 and 2) and with tensor-parallel layers, against
+plain data parallelism.
 
     python -m benchmarks.memory            # writes benchmarks/results/memory.json, prints a Markdown table
 
 A ~21M-parameter MLP with Adam in float32, two backward passes per step, under mpirun at 2 and 3
-workers. Per rank: the bytes of parameters, of the gradients held between the passes, and of Adam's
-state, measured from the tensors; beside them the ZeRO paper's count (arXiv:1910.02054) for float32
-Adam, 4 + 4 + 8 bytes per parameter, of which stage 1 shards the 8 and stage 2 the gradients' 4 too;
-the peak RSS; and the throughput against plain data parallelism at the same worker count.
+workers; and at 2 workers its two hidden layers split across both (T=2, column then row). Per rank:
+the bytes of parameters, of the gradients held between the passes, and of Adam's state, measured from
+the tensors; beside them the ZeRO paper's count (arXiv:1910.02054) for float32 Adam, 4 + 4 + 8 bytes
+per parameter, of which stage 1 shards the 8 and stage 2 the gradients' 4 too (a split layer divides
+all 16 by T); the peak RSS; and the throughput against plain data parallelism at the same worker count.
 """
 from __future__ import annotations
 
@@ -17,35 +19,39 @@ from pathlib import Path
 
 from benchmarks import launch as launching
 
-FORMULA = {0: lambda n: 4 + 4 + 8, 1: lambda n: 4 + 4 + 8 / n, 2: lambda n: 4 + 4 / n + 8 / n}
+TENSOR = "T=2"  # the mode that splits the hidden layers across 2 ranks instead of sharding
+FORMULA = {0: lambda n: 4 + 4 + 8, 1: lambda n: 4 + 4 + 8 / n, 2: lambda n: 4 + 4 / n + 8 / n,
+           TENSOR: lambda n: (4 + 4 + 8) / 2}
 
 
-def measure(np: int, shard: int) -> list[dict]:
-    outcome = launching.run(launching.Launch("mpirun", np, launching.WORKERS / "memory_hvdtrain.py",
-                                             ["--shard", str(shard)], env={"OMP_NUM_THREADS": "1"}), timeout=900)
+def measure(np: int, mode: int | str) -> list[dict]:
+    args = ["--tensor", "2"] if mode == TENSOR else ["--shard", str(mode)]
+    outcome = launching.run(launching.Launch("mpirun", np, launching.WORKERS / "memory_hvdtrain.py", args,
+                                             env={"OMP_NUM_THREADS": "1"}), timeout=900)
     if not outcome.ok:
-        print(f"np={np} shard={shard} failed:\n{outcome.tail}", file=sys.stderr)
+        print(f"np={np} {mode} failed:\n{outcome.tail}", file=sys.stderr)
     return sorted(outcome.results, key=lambda r: r["rank"])
 
 
-def row(np: int, shard: int, ranks: list[dict], baseline: float) -> dict:
+def row(np: int, mode: int | str, ranks: list[dict], baseline: float) -> dict:
     worst = max(ranks, key=lambda r: r["optimizer_state_bytes"])
     held = worst["parameter_bytes"] + worst["gradient_bytes"] + worst["optimizer_state_bytes"]
     rate = ranks[0]["samples_per_sec"]
-    return {"workers": np, "shard_optimizer_state": shard, "parameters": worst["parameters"],
+    return {"workers": np, "mode": mode, "parameters": worst["parameters"],
             "parameter_mb": worst["parameter_bytes"] / 2**20, "gradient_mb": worst["gradient_bytes"] / 2**20,
             "optimizer_state_mb": worst["optimizer_state_bytes"] / 2**20,
-            "bytes_per_parameter": held / worst["parameters"], "zero_formula": FORMULA[shard](np),
+            "bytes_per_parameter": held / worst["parameters"], "zero_formula": FORMULA[mode](np),
             "peak_rss_mb": max(r["peak_rss_bytes"] for r in ranks) / 2**20, "samples_per_sec": rate,
             "vs_unsharded": rate / baseline if baseline else None}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| workers | shard_optimizer_state | params MB | grads MB (between passes) | Adam state MB | "
+    lines = ["| workers | mode | params MB | grads MB (between passes) | Adam state MB | "
              "bytes/param | ZeRO formula | peak RSS MB | samples/s | vs stage 0 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['workers']} | {r['shard_optimizer_state']} | {r['parameter_mb']:.1f} | "
+        mode = r["mode"] if r["mode"] == TENSOR else f"shard_optimizer_state={r['mode']}"
+        lines.append(f"| {r['workers']} | {mode} | {r['parameter_mb']:.1f} | "
                      f"{r['gradient_mb']:.1f} | {r['optimizer_state_mb']:.1f} | {r['bytes_per_parameter']:.2f} | "
                      f"{r['zero_formula']:.2f} | {r['peak_rss_mb']:.0f} | {r['samples_per_sec']:.0f} | "
                      f"{r['vs_unsharded']:.2f}x |")
@@ -59,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     rows = []
     for np in options.workers:
-        measured = {shard: measure(np, shard) for shard in (0, 1, 2)}
+        modes: list[int | str] = [0, 1, 2] + ([TENSOR] if np == 2 else [])
+        measured = {mode: measure(np, mode) for mode in modes}
         if not all(measured.values()):
             return 1
         baseline = measured[0][0]["samples_per_sec"]
-        rows += [row(np, shard, ranks, baseline) for shard, ranks in measured.items()]
+        rows += [row(np, mode, ranks, baseline) for mode, ranks in measured.items()]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ def launch_command(script: str | os.PathLike, args: list[str], np: int = 2, laun
     if launcher == "horovodrun":
         return [str(BIN / "horovodrun"), "-np", str(np), "--gloo", *python]
     if launcher == "mpirun":
+        assert shutil.which("mpirun"), "mpirun is not on PATH; run `make setup` (installs openmpi-bin)"
         return ["mpirun", "-np", str(np), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                 "--mca", "mpi_yield_when_idle", "1", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
                 "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED", "-x", RESULTS_ENV, *python]
