@@ -50,8 +50,9 @@ class EarlyStopping(Callback):
 class StopOnNonFinite(Callback):
     """Stops every rank as soon as any rank's loss is NaN or infinite.
 
-    It agrees across ranks every ``check_every_n_steps`` batches (one tiny
-    collective), so all ranks leave the loop at the same step. hvdtrain's
+    It agrees across ranks every ``check_every_n_steps`` optimizer steps (one tiny
+    collective; batches that only accumulate gradients are not read), so all ranks
+    leave the loop at the same step. hvdtrain's
     Trainers and ``fit`` agree inside the gradient allreduce instead, at no
     extra cost (``ctx.outcome.nonfinite_checked``), and skip the offending
     step so the weights stay finite.
@@ -67,6 +68,8 @@ class StopOnNonFinite(Callback):
         self._bad = False
 
     def on_batch_end(self, ctx: TrainContext) -> None:
+        if not ctx.outcome.updated:  # mid accumulation round: the step's own check covers its batches
+            return
         if self.metric == "loss" and ctx.outcome.nonfinite_checked:
             bad_rank = ctx.outcome.nonfinite_rank
             if bad_rank is not None:

@@ -79,15 +79,19 @@ class TorchAdapter:
     def rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            state["cuda"] = torch.cuda.get_rng_state()  # this rank's GPU only: a resume may have fewer per node
         return state
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         np.random.set_state(state["numpy"])
         random.setstate(state["python"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state.get("cuda") if torch.cuda.is_available() else None
+        if isinstance(saved, list):  # older checkpoints hold every GPU's, by index: take this rank's, if there
+            device = torch.cuda.current_device()
+            saved = saved[device] if device < len(saved) else None
+        if saved is not None:
+            torch.cuda.set_rng_state(saved)
 
     def serialize(self, obj: Any) -> bytes:
         """A safe payload: JSON structure, tensors through ``torch.save``, NumPy arrays as ``.npz``."""

@@ -112,3 +112,27 @@ def test_a_torch_compiled_model_trains_under_the_trainer():
     history = run.fit()
     assert history[-1]["loss"] < history[0]["loss"]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the original module trained"
+
+
+class CountingBackend(ht.SerialBackend):
+    """One process's backend, counting the agreements (max-reductions) the training loop asks for."""
+
+    def __init__(self):
+        super().__init__()
+        self.agreements = 0
+
+    def allreduce_max(self, values):
+        self.agreements += 1
+        return super().allreduce_max(values)
+
+
+@pytest.mark.parametrize("passes", [1, 4])
+def test_the_non_finite_guard_agrees_once_per_step_not_once_per_accumulated_batch(passes):
+    backend = CountingBackend()
+    model = nn.Linear(4, 2)
+    trainer = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.cross_entropy,
+                         train_data=(torch.randn(64, 4), torch.randint(0, 2, (64,))), batch_size=4, epochs=2,
+                         backward_passes_per_step=passes, progress=False, backend=backend)
+    trainer.fit()
+    assert trainer.ctx.global_step == 32 // passes
+    assert backend.agreements == 2  # the epochs' ends; each step's own check rides on its gradients
