@@ -43,10 +43,13 @@ class TensorBatches:
     Args:
         tensors: tensors with the same first dimension (e.g. inputs, targets), on the CPU or a GPU.
         sampler: the rank's ``DistributedBatchSampler``.
+        device: where the model runs. For a GPU, CPU tensors are moved there once when they take at most a
+            quarter of its free memory, else pinned once, so that each batch's copy can overlap compute.
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor], sampler: DistributedBatchSampler) -> None:
-        self.tensors = tuple(tensors)
+    def __init__(self, tensors: Sequence[torch.Tensor], sampler: DistributedBatchSampler,
+                 device: torch.device | None = None) -> None:
+        self.tensors = _placed(tuple(tensors), device)
         self.sampler = sampler
 
     def __len__(self) -> int:
@@ -55,7 +58,28 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for indices in self.sampler.order:
             index = torch.from_numpy(indices)
-            yield tuple(t.index_select(0, index.to(t.device, non_blocking=True)) for t in self.tensors)
+            yield tuple(_rows(t, index) for t in self.tensors)
+
+
+def _placed(tensors: tuple[torch.Tensor, ...], device: torch.device | None) -> tuple[torch.Tensor, ...]:
+    on_host = [t for t in tensors if t.device.type == "cpu"]
+    if device is None or device.type != "cuda" or not on_host:
+        return tensors
+    free, _ = torch.cuda.mem_get_info(device)
+    if sum(t.numel() * t.element_size() for t in on_host) <= free // 4:
+        return tuple(t.to(device) for t in tensors)
+    return tuple(t.pin_memory() if t.device.type == "cpu" else t for t in tensors)
+
+
+def _rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The rows ``index`` of ``tensor``; from pinned memory into pinned memory, so the copy to the GPU is
+    asynchronous."""
+    if tensor.device.type != "cpu":
+        return tensor.index_select(0, index.to(tensor.device, non_blocking=True))
+    if not tensor.is_pinned():
+        return tensor.index_select(0, index)
+    rows = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
+    return torch.index_select(tensor, 0, index, out=rows)
 
 
 def as_tensors(data: object) -> tuple[torch.Tensor, ...] | None:

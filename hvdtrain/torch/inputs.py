@@ -121,8 +121,10 @@ class StreamingInput:
 
 
 def make_input(data: Any, rank: int, size: int, batch_size: int, *, shuffle: bool, seed: int,
-               num_workers: int = 0, pin_memory: bool = False) -> ShardedInput | StreamingInput:
-    """This rank's input for ``data``: tensors, a map-style or iterable Dataset, or a DataLoader."""
+               num_workers: int = 0, pin_memory: bool = False,
+               device: torch.device | None = None) -> ShardedInput | StreamingInput:
+    """This rank's input for ``data``: tensors, a map-style or iterable Dataset, or a DataLoader (``device``:
+    the model's, where in-memory tensors are placed once; see ``TensorBatches``)."""
     if isinstance(data, DataLoader):
         return _from_loader(data, rank, size, seed)
     if isinstance(data, IterableDataset):
@@ -131,7 +133,7 @@ def make_input(data: Any, rank: int, size: int, batch_size: int, *, shuffle: boo
     sampler = DistributedBatchSampler(dataset_length(data), rank, size, batch_size, shuffle=shuffle, seed=seed)
     tensors = as_tensors(data)
     if tensors is not None:
-        return ShardedInput(TensorBatches(tensors, sampler), sampler)
+        return ShardedInput(TensorBatches(tensors, sampler, device), sampler)
     return ShardedInput(DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory),
                         sampler)
 

@@ -222,7 +222,8 @@ class Trainer(EpochLoop):
     def _input(self, data: Any, shuffle: bool) -> ShardedInput | StreamingInput:
         o = self.options
         return make_input(data, self.layout.data_rank, self.layout.data_size, o.batch_size, shuffle=shuffle,
-                          seed=o.seed, num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+                          seed=o.seed, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                          device=self.device)
 
     def _position_data(self, epoch: int, samples_seen: int) -> int | None:
         return self.train_input.set_epoch(epoch, samples_seen, self.ctx.progress.batches_done)
