@@ -14,9 +14,16 @@
 #   HOROVOD_SDIST          a local horovod-VERSION.tar.gz, for machines without internet
 #                          (default: the cached copy, else a download from PyPI)
 #   HOROVOD_GPU_OPERATIONS NCCL or none (default: NCCL when nvidia-smi lists a GPU and torch has CUDA)
+#   HOROVOD_BUILD_CUDA_CC_LIST  compute capabilities to compile, e.g. 90 (default: the GPUs nvidia-smi lists)
 #   HOROVOD_NCCL_INCLUDE, HOROVOD_NCCL_LIB  NCCL to build against (default: the nvidia-nccl wheel's)
+#   HOROVOD_CUDA_HOME      the CUDA toolkit (default: derived from nvcc on PATH)
+#   HVDTRAIN_WHEELS_DIR    a folder with the cffi and pycparser wheels, for machines without internet
 #   HVDTRAIN_CACHE_DIR     wheel and sdist cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdtrain)
+#   HVDTRAIN_BUILD_DRY_RUN 1: print the choices (key, MPI, GPU operations, CUDA, CC list, cffi) and stop
 #   MAKEFLAGS              build parallelism (default: -j$(nproc))
+#
+# With mpicxx on PATH Horovod is built with MPI and Gloo, else with Gloo alone (say, a GPU machine without
+# Open MPI): launch with horovodrun --gloo there.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
@@ -56,6 +63,13 @@ apply_patches() {
     "torch >= 2.1 requires C++17"
   replace_line "$src/horovod/torch/CMakeLists.txt" '    set(CMAKE_CXX_STANDARD 14)' '    set(CMAKE_CXX_STANDARD 17)' \
     "torch >= 2.1 requires C++17"
+  # Python 3.12 has no distutils: horovodrun imports it (js_run.py), and so does the torch build.
+  replace_line "$src/horovod/runner/js_run.py" 'from distutils.spawn import find_executable' \
+    'from shutil import which as find_executable' "Python 3.12 has no distutils"
+  replace_line "$src/horovod/torch/CMakeLists.txt" \
+    'execute_process(COMMAND ${PY_EXE} -c "from distutils.sysconfig import get_python_inc; print(get_python_inc())"' \
+    "execute_process(COMMAND \${PY_EXE} -c \"import sysconfig; print(sysconfig.get_path('include'))\"" \
+    "Python 3.12 has no distutils"
   # TF 2.21's headers lack highwayhash/farmhash used by the optional XLA ops.
   replace_line "$src/horovod/tensorflow/CMakeLists.txt" \
     'list(APPEND TF_SOURCES "${PROJECT_SOURCE_DIR}/horovod/tensorflow/xla_mpi_ops.cc")' \
@@ -87,12 +101,38 @@ configure_nccl() {
   log "NCCL from $root (include/, libnccl.so -> libnccl.so.2)"
 }
 
-# Compute capabilities of the GPUs present (9.0 -> 90), so only those are compiled.
-export_cuda_cc_list() {
+# Compute capabilities to compile: HOROVOD_BUILD_CUDA_CC_LIST, else the GPUs present (9.0 -> 90).
+cuda_cc_list() {
+  if [ -n "${HOROVOD_BUILD_CUDA_CC_LIST:-}" ]; then echo "$HOROVOD_BUILD_CUDA_CC_LIST (from the environment)"; return; fi
   local list
   list=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '. ' | sort -u | paste -sd, -)
-  [ -n "$list" ] && export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-$list}
-  return 0
+  echo "${list:-default} (from nvidia-smi)"
+}
+
+# The CUDA toolkit: HOROVOD_CUDA_HOME, else CUDA_HOME, else the folder above nvcc's bin/.
+cuda_home() {
+  local nvcc
+  if [ -n "${HOROVOD_CUDA_HOME:-${CUDA_HOME:-}}" ]; then echo "${HOROVOD_CUDA_HOME:-$CUDA_HOME}"; return; fi
+  nvcc=$(command -v nvcc 2>/dev/null) || { echo none; return; }
+  dirname "$(dirname "$(readlink -f "$nvcc")")"
+}
+
+# Where cffi (a build requirement) comes from: installed, HVDTRAIN_WHEELS_DIR, or PyPI.
+cffi_source() {
+  if "$PYTHON" -c 'import cffi' 2>/dev/null; then echo installed; return; fi
+  if [ -n "${HVDTRAIN_WHEELS_DIR:-}" ]; then echo "$HVDTRAIN_WHEELS_DIR"; else echo PyPI; fi
+}
+
+install_cffi() {
+  local source=$1
+  case $source in
+    installed) return ;;
+    PyPI) "$PYTHON" -m pip install --quiet cffi pycparser \
+            || die "cffi and pycparser (build requirements of Horovod) are missing and PyPI is unreachable: put their wheels in a folder and pass HVDTRAIN_WHEELS_DIR=that/folder" ;;
+    *) compgen -G "$source/cffi-*.whl" >/dev/null && compgen -G "$source/pycparser-*.whl" >/dev/null \
+         || die "HVDTRAIN_WHEELS_DIR=$source must hold both the cffi and the pycparser wheels (pip download cffi pycparser -d $source)"
+       "$PYTHON" -m pip install --quiet --no-index --find-links "$source" cffi pycparser ;;
+  esac
 }
 
 # Settings current toolchains need; each says why.
@@ -108,8 +148,6 @@ configure_toolchain() {
     export CMAKE_POLICY_VERSION_MINIMUM=3.5
     log "CMake $cmake_major: CMAKE_POLICY_VERSION_MINIMUM=3.5"
   fi
-  "$PYTHON" -c 'import cffi' 2>/dev/null || "$PYTHON" -m pip install --quiet cffi \
-    || die "cffi (a build requirement of Horovod) is missing and could not be installed; carry its wheel"
 }
 
 # The sdist: HOROVOD_SDIST, else the cached copy, else PyPI (then cached for offline rebuilds).
@@ -128,8 +166,15 @@ TORCH_VERSION=$(installed_version torch)
 TF_VERSION=$(installed_version tensorflow-cpu tensorflow)
 [ "$TORCH_VERSION$TF_VERSION" = nonenone ] && die "neither torch nor TensorFlow is installed in $("$PYTHON" -c 'import sys; print(sys.prefix)'); install one before building Horovod"
 GPU_OPS=$(gpu_operations)
+if command -v mpicxx >/dev/null; then WITH_MPI=yes; else WITH_MPI=no; fi
 PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 KEY="horovod-${HOROVOD_VERSION}_torch-${TORCH_VERSION}_tf-${TF_VERSION}_py-${PY_VERSION}_gpu-${GPU_OPS}"
+[ "$WITH_MPI" = no ] && KEY+="_mpi-no"  # a build with MPI keeps the key it always had (caches stay valid)
+CFFI_SOURCE=$(cffi_source)
+CUDA_DIR=none CC_LIST=none
+if [ "$GPU_OPS" != none ]; then CUDA_DIR=$(cuda_home); CC_LIST=$(cuda_cc_list); fi
+log "choices: key $KEY; MPI: $WITH_MPI$([ "$WITH_MPI" = no ] && echo ' (no mpicxx: Gloo only)'); GPU operations: $GPU_OPS; CUDA: $CUDA_DIR; CUDA CC list: $CC_LIST; cffi: $CFFI_SOURCE"
+if [ "${HVDTRAIN_BUILD_DRY_RUN:-0}" = 1 ]; then exit 0; fi
 MODULES=()
 [ "$TORCH_VERSION" != none ] && MODULES+=(horovod.torch)
 [ "$TF_VERSION" != none ] && MODULES+=(horovod.tensorflow)
@@ -145,7 +190,6 @@ fi
 
 if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
   command -v cmake >/dev/null || die "cmake not found; install it (apt-get install cmake)"
-  command -v mpicxx >/dev/null || die "mpicxx not found; install Open MPI (apt-get install openmpi-bin libopenmpi-dev)"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   log "building $KEY (takes ~8 minutes on 2 cores, ~2.5 minutes on 16)"
@@ -153,15 +197,18 @@ if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   apply_patches "$work/horovod-$HOROVOD_VERSION"
   configure_toolchain
+  install_cffi "$CFFI_SOURCE"
   # Build for the frameworks that are installed, and say so explicitly (a missing one is skipped, not an error).
   if [ "$TORCH_VERSION" != none ]; then export HOROVOD_WITH_PYTORCH=1; else export HOROVOD_WITHOUT_PYTORCH=1; fi
   if [ "$TF_VERSION" != none ]; then export HOROVOD_WITH_TENSORFLOW=1; else export HOROVOD_WITHOUT_TENSORFLOW=1; fi
   if [ "$GPU_OPS" != none ]; then
     export HOROVOD_GPU_OPERATIONS=$GPU_OPS
     [ "$GPU_OPS" = NCCL ] && configure_nccl "$work"
-    export_cuda_cc_list
+    [ "${CC_LIST%% *}" != default ] && export HOROVOD_BUILD_CUDA_CC_LIST=${CC_LIST%% *}
+    [ "$CUDA_DIR" != none ] && export HOROVOD_CUDA_HOME=$CUDA_DIR CUDA_HOME=${CUDA_HOME:-$CUDA_DIR}
   fi
-  HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
+  if [ "$WITH_MPI" = yes ]; then export HOROVOD_WITH_MPI=1; else export HOROVOD_WITHOUT_MPI=1; fi
+  HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
     "$PYTHON" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" "$work/horovod-$HOROVOD_VERSION"
   mkdir -p "$WHEEL_DIR.tmp" && cp "$work"/dist/horovod-*.whl "$WHEEL_DIR.tmp/"
   rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
