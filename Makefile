@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HOROVODRUN ?= $(VENV)/bin/horovodrun
+BENCH_GPU_ARGS ?=  # e.g. --steps 20 --output $$OUT/performance-gpu.md (python -m benchmarks.gpu --help)
 NP ?= 2
 
 .PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu clean doctor slurm-up slurm-down
@@ -53,8 +54,8 @@ bench: $(STAMP)  ## throughput benchmarks (data parallel, the pipeline, sharded-
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.pipeline
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.memory
 
-bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md
-	$(HOROVODRUN) -np 1 $(PY) -m benchmarks.gpu
+bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md, or BENCH_GPU_ARGS="--output FILE"
+	$(HOROVODRUN) -np 1 --gloo $(PY) -m benchmarks.gpu $(BENCH_GPU_ARGS)
 
 slurm-up:  ## as root: a real one-node Slurm on this host (installs slurm-wlm and munge if missing)
 	bash scripts/slurm_local.sh up
