@@ -273,7 +273,9 @@ def _launched_world() -> tuple[int, int]:
                        ("PMI_SIZE", "PMI_RANK")):
         if os.environ.get(size, "").isdigit() and os.environ.get(rank, "").isdigit():
             return int(os.environ[size]), int(os.environ[rank])
-    return 1, 0  # a process started alone
+    raise RuntimeError("tensor parallelism sets up Horovod's process sets before Horovod starts, from the rank "
+                       "and size the launcher gives (HOROVOD_RANK/SIZE, OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/SIZE), "
+                       "and none is set: launch with hvdtrain run, horovodrun or mpirun")
 
 
 def _mpi_world(pipeline: int, MPI: Any) -> Any:

@@ -9,6 +9,7 @@ import torch
 
 from hvdtrain.core.options import COMPRESSIONS, REDUCE_OPS
 from hvdtrain.torch.backend import TorchBackend, default_backend
+from hvdtrain.torch.sharded_optimizer import ShardedState
 from hvdtrain.torch.sharded_optimizer import shard_optimizer_state as sharded
 
 
@@ -51,7 +52,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
         raise ValueError("this optimizer is already distributed; wrap the plain optimizer once")
     backend = backend or default_backend()
     if shard_optimizer_state:
-        _check_sharding(backend, compression, op)
+        _check_sharding(backend, compression, op, gradient_predivide_factor)
     if scale_lr and op != "adasum":
         for group in optimizer.param_groups:
             group["lr"] *= backend.layout.data_size
@@ -62,13 +63,19 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
                                          gradient_predivide_factor=gradient_predivide_factor)
 
 
-def _check_sharding(backend: TorchBackend, compression: str, op: str) -> None:
+def _check_sharding(backend: TorchBackend, compression: str, op: str, predivide: float) -> None:
     if op != "average":
         raise ValueError(f"shard_optimizer_state averages the gradients with a reducescatter: op={op!r} cannot be "
                          "sharded; use op='average' or shard_optimizer_state=0")
     if compression != "none":
         raise ValueError(f"shard_optimizer_state sends gradients uncompressed: compression={compression!r} cannot be "
                          "sharded; use compression='none' or shard_optimizer_state=0")
+    if predivide != 1.0:
+        raise ValueError(f"shard_optimizer_state averages in one reducescatter: gradient_predivide_factor={predivide} "
+                         "cannot be sharded; leave it at 1.0 or use shard_optimizer_state=0")
+    if backend.elastic:
+        raise ValueError("shard_optimizer_state cannot run under --elastic yet (an elastic commit keeps each "
+                         "worker's whole state): launch without --elastic, or use shard_optimizer_state=0")
     if backend.layout.parts > 1:
         raise ValueError("shard_optimizer_state does not yet run with model parallelism (pipeline stages or "
                          "tensor slices): use shard_optimizer_state=0 with hvdtrain.torch.init(pipeline=, tensor=)")
@@ -87,6 +94,8 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.
     the Trainer does this for you with ``grad_clip_norm=``.
     """
     optimizer.synchronize()
+    if isinstance(optimizer, ShardedState):  # the averaged gradients are in its slices, not the parameters
+        return optimizer.clip_grad_norm_(max_norm)
     return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
 
 

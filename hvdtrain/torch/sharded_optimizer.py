@@ -105,11 +105,19 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, backend: Any, stage:
         raise ValueError("shard the plain torch optimizer: this one is already distributed")
     if optimizer.state:
         raise ValueError("shard the optimizer before its first step: it already holds state")
-    groups = [[p for p in group["params"] if p.requires_grad] for group in optimizer.param_groups]
+    groups = [list(group["params"]) for group in optimizer.param_groups]  # frozen ones too: the state's ids
     layout = backend.layout
-    buckets = _buckets(groups, layout.data_rank, layout.data_size)
+    buckets = _buckets([[p for p in params if p.requires_grad] for params in groups], layout.data_rank,
+                       layout.data_size)
+    if all(b.flat.numel() < layout.data_size for b in buckets):  # the last replica would hold nothing
+        raise ValueError(f"the optimizer's {sum(b.flat.numel() for b in buckets)} trainable elements are too few "
+                         f"to shard across {layout.data_size} replicas (some would hold none): use "
+                         "shard_optimizer_state=0 for so small a model")
     for index, group in enumerate(optimizer.param_groups):
         group["params"] = [b.slice for b in buckets if b.group == index]
+    # An LR scheduler built on the optimizer wrapped its step in an attribute of the object: it would hide the
+    # sharded step (and its allgather). The Trainer's scheduler driver counts steps itself.
+    optimizer.__dict__.pop("step", None)
     optimizer.__class__ = type(type(optimizer).__name__, (ShardedState, type(optimizer)), {})
     optimizer._setup_sharding(backend, stage, backward_passes_per_step, buckets, groups)
     return optimizer
@@ -125,7 +133,7 @@ class ShardedState:
                         groups: list[list[torch.Tensor]]) -> None:
         self._backend, self.sharding_stage, self.backward_passes_per_step = backend, stage, passes
         self._buckets, self._group_params = buckets, groups
-        self._reduced = False  # this step's gradients are in the slices' .grad
+        self._synchronized = False  # this step's averaged gradients are in the slices' .grad
         self._skip = False
         self._loaded: dict[str, Any] | None = None  # a full state loaded here, kept for broadcast_state
 
@@ -146,7 +154,6 @@ class ShardedState:
             shard = self._backend.wait(handle).to(bucket.flat.dtype)
             target = bucket.slice
             target.grad = shard if target.grad is None else target.grad.add_(shard)
-        self._reduced = True
 
     def after_backward(self, ends_step: bool) -> None:
         """Stage 2: reduce the pass's gradients now, unless the step's ``synchronize`` will."""
@@ -154,9 +161,11 @@ class ShardedState:
             self.reduce_gradients()
 
     def synchronize(self) -> None:
-        """Collective: the step's averaged gradients into this replica's slices."""
-        if not self._reduced or any(p.grad is not None for p in self.model_parameters):
+        """Collective: the step's averaged gradients into this replica's slices (once per step, on every rank
+        alike: a rank without gradients sends zeros)."""
+        if not self._synchronized:
             self.reduce_gradients()
+            self._synchronized = True
 
     @contextlib.contextmanager
     def skip_synchronize(self) -> Iterator[None]:
@@ -191,15 +200,16 @@ class ShardedState:
                 handle = self._backend.start_allgather(bucket.slice.detach().clone(),
                                                        f"hvdtrain.shard.param.{bucket.index}")
                 bucket.flat.copy_(self._backend.wait(handle))
-        self._reduced = False
+        self._synchronized = False
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for param in self.model_parameters:
-            param.grad = None
-        for bucket in self._buckets:
-            bucket.slice.grad = None
-        self._reduced = False
+        for tensor in [*self.model_parameters, *(b.slice for b in self._buckets)]:
+            if set_to_none or tensor.grad is None:
+                tensor.grad = None
+            else:
+                tensor.grad.zero_()
+        self._synchronized = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise TypeError("a sharded optimizer's parameter groups are fixed when it is sharded: give every group "
@@ -292,7 +302,7 @@ class ShardedState:
                     full = backend.broadcast_tensor(full, root, f"hvdtrain.shard.load.{bucket.index}.{key}")
                     own[key] = full[bucket.start:bucket.start + bucket.size].clone()
                 else:
-                    own[key] = scalar
+                    own[key] = scalar.clone() if torch.is_tensor(scalar) else scalar
             if own:
                 self.state[bucket.slice] = own  # type: ignore[attr-defined]
 

@@ -146,10 +146,10 @@ class Trainer(EpochLoop):
                                        for name, each in by_name(self.optimizer).items()}, self.precision)
         self.train_data = train_data
         self.train_input = self._input(train_data, shuffle=True)
-        if self.pipeline and self.train_input.streaming:
-            raise TypeError("a pipeline's stages must each read the same batches: give tensors, a Dataset or a "
-                            "DataLoader with a standard sampler (hvdtrain shards them), not a stream each rank "
-                            "reads on its own")
+        if self.layout.parts > 1 and self.train_input.streaming:
+            raise TypeError("a pipeline's stages (or a tensor group's slices) must each read the same batches: give "
+                            "tensors, a Dataset or a DataLoader with a standard sampler (hvdtrain shards them), not "
+                            "a stream each rank reads on its own")
         self.val_data = val_data
         self.callbacks = CallbackList(default_callbacks(o, has_val=val_data is not None))
         for callback in callbacks:
@@ -180,9 +180,6 @@ class Trainer(EpochLoop):
                 group["lr"] = o.lr
         # Each micro-batch of a pipeline is a backward pass of its own.
         passes = o.backward_passes_per_step * (o.micro_batches if self.pipeline else 1)
-        if o.shard_optimizer_state and self.backend.elastic:
-            raise ValueError("shard_optimizer_state cannot run under --elastic yet (an elastic commit keeps each "
-                             "worker's whole state): launch without --elastic, or use shard_optimizer_state=0")
         return DistributedOptimizer(optimizer, model, backend=self.backend, compression=o.compression, op=o.op,
                                     backward_passes_per_step=passes, scale_lr=o.scale_lr,
                                     shard_optimizer_state=o.shard_optimizer_state)
@@ -449,6 +446,8 @@ class Trainer(EpochLoop):
             with self.precision.autocast():
                 outputs.append(self.predict_step(batch).float().cpu())
         order = None if source.streaming else np.concatenate([*source.sampler.order, np.zeros(0, dtype=np.int64)])
+        if self.layout.tensor_rank > 0:  # the group's first slice speaks for it: the others hold the same rows
+            outputs = []
         gathered = self.backend.allgather_object((order, torch.cat(outputs) if outputs else None))
         if not all_ranks and self.backend.rank != 0:
             return None

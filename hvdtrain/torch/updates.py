@@ -117,8 +117,9 @@ class OptimizerUpdate:
                                                 f"the float16 overflow check of step {step_number}")[0]
         else:
             overflowed = self.backend.allreduce_sum([flag])[0]
-        if overflowed and finite and grads:
-            grads[0].fill_(float("inf"))
+        held = next((g for g in grads if g.numel()), None)  # a sharded rank's first slice may be empty
+        if overflowed and finite and held is not None:
+            held.view(-1)[0] = float("inf")
 
     def _clip(self) -> None:
         """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients. Across a pipeline's stages

@@ -23,7 +23,7 @@ def largest_difference(a, b) -> float:
 
 
 def state_difference(a, b) -> float:
-    assert a.keys() == b.keys()
+    assert a and a.keys() == b.keys()  # some state, for the same parameters
     return max(largest_difference([a[k][key]], [b[k][key]]) for k in a for key in a[k])
 
 
@@ -32,17 +32,27 @@ def state_difference(a, b) -> float:
 def test_sharded_stages_train_the_weights_of_plain_data_parallelism_with_1_over_n_of_the_state(np):
     jobs = [{"name": f"stage{s}", "stage": s, "epochs": 2} for s in (0, 1, 2)]
     jobs += [{"name": f"fp16 stage{s}", "stage": s, "epochs": 2, "precision": "16-mixed"} for s in (0, 2)]
+    # A scheduler built before sharding; a scalar group first, in float16 overflowing at first; frozen layers.
+    jobs += [{"name": f"scheduler stage{s}", "stage": s, "epochs": 2, "scheduler": True} for s in (0, 1)]
+    jobs += [{"name": f"overflow stage{s}", "stage": s, "epochs": 2, "precision": "16-mixed", "scalar": True,
+              "init_scale": 2.0 ** 19} for s in (0, 1)]
+    jobs += [{"name": f"frozen stage{s}", "stage": s, "epochs": 1, "frozen": True} for s in (0, 2)]
     ranks = results(run_workers(WORKER, [json.dumps(jobs)], np=np, timeout=300))
     assert sorted(ranks) == list(range(np))
     root = ranks[0]["jobs"]
     # 120 samples in batches of 5 per rank, two per step, two epochs: every run counts each of its steps once
     # (the initial broadcast takes no zero-gradient step, which would be AdamW's first step and decay).
     assert set(root["stage0"]["steps"]) == {2 * (120 // (5 * np) // 2)}
-    for name, reference in (("stage1", "stage0"), ("stage2", "stage0"), ("fp16 stage2", "fp16 stage0")):
+    pairs = [("stage1", "stage0"), ("stage2", "stage0"), ("fp16 stage2", "fp16 stage0"),
+             ("scheduler stage1", "scheduler stage0"), ("overflow stage1", "overflow stage0"),
+             ("frozen stage2", "frozen stage0")]
+    for name, reference in pairs:
         assert largest_difference(root[name]["weights"], root[reference]["weights"]) < 1e-6, name
         assert state_difference(root[name]["state"], root[reference]["state"]) < 1e-6, name
         assert root[name]["steps"] == root[reference]["steps"]
     assert root["fp16 stage2"]["loss_scale"] == root["fp16 stage0"]["loss_scale"]
+    assert root["overflow stage1"]["loss_scale"] == root["overflow stage0"]["loss_scale"] < 2.0 ** 19  # skipped
+    assert largest_difference(root["scheduler stage0"]["weights"], root["stage0"]["weights"]) > 1e-6, "it scheduled"
     assert largest_difference(root["stage0"]["weights"], root["fp16 stage0"]["weights"]) > 1e-6, "fp16 ran"
     unsharded = root["stage0"]["held_bytes"]
     for name in ("stage1", "stage2"):
@@ -107,3 +117,37 @@ def test_a_sharded_optimizer_state_loads_into_a_model_of_other_groups_with_a_cle
     state = torch.optim.Adam([{"params": [other.weight]}, {"params": [other.bias]}]).state_dict()
     with pytest.raises(ValueError, match=r"parameter groups of \[1, 1\] parameters, but this optimizer's hold \[2\]"):
         trainer.optimizer.load_state_dict(state)
+
+
+def test_a_sharded_state_with_frozen_layers_loads_into_an_unsharded_optimizer_and_back():
+    def frozen_model():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        model[0].requires_grad_(False)
+        return model
+
+    plain_model, sharded_model = frozen_model(), frozen_model()
+    plain = torch.optim.Adam(plain_model.parameters(), lr=0.01)
+    sharded = ht.DistributedOptimizer(torch.optim.Adam(sharded_model.parameters(), lr=0.01), sharded_model,
+                                      backend=ht.SerialBackend(), shard_optimizer_state=1, scale_lr=False)
+    x = torch.randn(8, 4)
+    for model, optimizer in ((plain_model, plain), (sharded_model, sharded)):
+        model(x).square().sum().backward()
+        optimizer.step()
+    saved = sharded.state_dict()
+    assert [g["params"] for g in saved["param_groups"]] == [g["params"] for g in plain.state_dict()["param_groups"]]
+    plain.load_state_dict(saved)  # torch checks the groups' sizes: the frozen parameters are counted
+    sharded.load_state_dict(plain.state_dict())
+    assert torch.equal(sharded.state_dict()["state"][2]["exp_avg"], plain.state_dict()["state"][2]["exp_avg"])
+
+
+def test_clip_grad_norm_clips_a_sharded_optimizers_slices_by_the_whole_norm():
+    model = nn.Linear(4, 3)
+    optimizer = ht.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                                        backend=ht.SerialBackend(), shard_optimizer_state=1)
+    (model(torch.randn(8, 4)).sum() * 100).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm()
+    norm = ht.clip_grad_norm(optimizer, model.parameters(), 1.0)
+    assert float(norm) == pytest.approx(float(expected), rel=1e-6)
+    clipped = torch.cat([p.grad.reshape(-1) for group in optimizer.param_groups for p in group["params"]])
+    assert float(clipped.norm()) == pytest.approx(1.0, rel=1e-5)

@@ -45,6 +45,7 @@ def test_a_split_model_trains_the_weights_of_its_dense_twin(np_split, np_dense):
     dense = results(run_workers(WORKER, [*args, "--tensor", "1"], np=np_dense, timeout=240))
     assert sorted(split) == list(range(np_split))
     assert_same_weights(split, dense)
+    assert {rank["predicted_rows"] for rank in split.values()} == {37}  # each sample once, not once per slice
     for rank in split.values():  # replicas of the same slice stay equal
         twin = next(r for r in split.values() if r["tensor_rank"] == rank["tensor_rank"])
         assert rank["params"] == twin["params"]
