@@ -7,7 +7,7 @@ HOROVODRUN ?= $(VENV)/bin/horovodrun
 BENCH_GPU_ARGS ?=  # e.g. --steps 20 --output $$OUT/performance-gpu.md (python -m benchmarks.gpu --help)
 NP ?= 2
 
-.PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu clean doctor slurm-up slurm-down
+.PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu gpu-carry clean doctor slurm-up slurm-down
 
 # Every target that runs something first brings the environment up to date: `make setup` runs again
 # when one of its inputs is newer than the stamp it leaves (and on a fresh clone, which has none).
@@ -56,6 +56,17 @@ bench: $(STAMP)  ## throughput benchmarks (data parallel, the pipeline, sharded-
 
 bench-gpu: $(STAMP)  ## GPU throughput (ResNet-50, 3 precisions, Trainer vs raw Horovod vs plain torch); writes docs/performance-gpu.md, or BENCH_GPU_ARGS="--output FILE"
 	$(HOROVODRUN) -np 1 --gloo $(PY) -m benchmarks.gpu $(BENCH_GPU_ARGS)
+
+GPU_CARRY_WHEELS := cffi pycparser pytest pluggy iniconfig packaging tqdm PyYAML cloudpickle psutil setuptools wheel \
+	tensorboard protobuf absl-py markdown werkzeug MarkupSafe tensorboard-data-server grpcio
+gpu-carry: $(STAMP)  ## on a machine with internet: the Horovod sdist and the wheels scripts/gpu_check.sh installs offline (Python 3.12), in .gpu-carry/
+	mkdir -p .gpu-carry
+	cp $${HVDTRAIN_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/hvdtrain}/sdist/horovod-0.28.1.tar.gz .gpu-carry/ 2>/dev/null \
+		|| $(PY) -m pip download --no-deps --no-binary :all: horovod==0.28.1 -d .gpu-carry
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		-d .gpu-carry $(GPU_CARRY_WHEELS)
+	du -sh .gpu-carry
 
 slurm-up:  ## as root: a real one-node Slurm on this host (installs slurm-wlm and munge if missing)
 	bash scripts/slurm_local.sh up
