@@ -109,10 +109,10 @@ class CheckpointManager:
                                         header.get("score"), header))
         return sorted(infos, key=lambda i: (i.global_step, i.epoch, i.path.name))
 
-    def save_part(self, checkpoint: Path, name: int | str, payload: bytes, header: dict[str, Any]) -> Path:
-        """Write one part of checkpoint directory ``checkpoint``: a stage's (its number), or the file ``name``."""
+    def save_part(self, checkpoint: Path, name: str, payload: bytes, header: dict[str, Any]) -> Path:
+        """Write the part file ``name`` (``part_name``) of checkpoint directory ``checkpoint``."""
         checkpoint.mkdir(parents=True, exist_ok=True)
-        return write_checkpoint(checkpoint / (part_name(name) if isinstance(name, int) else name), header, payload)
+        return write_checkpoint(checkpoint / name, header, payload)
 
     def save_manifest(self, checkpoint: Path, payload: bytes, parts: dict[str, str], *, epoch: int,
                       global_step: int, score: float | None = None,

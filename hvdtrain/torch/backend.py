@@ -19,7 +19,7 @@ from hvdtrain.core.backend import SerialBackend as CoreSerialBackend
 from hvdtrain.core.logs import configure_logging
 from hvdtrain.engine.horovod_backend import HorovodBackendBase, default_threads, initialize
 from hvdtrain.engine.peers import PeerChannel
-from hvdtrain.torch.named_optimizers import by_name, parameters_of
+from hvdtrain.torch.named_optimizers import by_name, hyperparameters, parameters_of
 from hvdtrain.torch.sharded_optimizer import ShardedState
 
 _COMPRESSION = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
@@ -113,8 +113,8 @@ class HorovodBackend(HorovodBackendBase):
         counts as Adam's first step (its bias correction) and decays AdamW's weights: a fresh optimizer
         must start as it would in one process.
         """
-        hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        agreed = self.broadcast_object({"fresh": not optimizer.state, "groups": hyper}, root)
+        agreed = self.broadcast_object({"fresh": not optimizer.state,
+                                        "groups": hyperparameters(optimizer.param_groups)}, root)
         if not agreed["fresh"]:
             hvd.broadcast_optimizer_state(optimizer, root_rank=root)
             return
@@ -151,23 +151,19 @@ class HorovodBackend(HorovodBackendBase):
         return hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
 
     def start_reducescatter(self, tensor: torch.Tensor, name: str) -> Any:
-        process_set = self.data_process_set
-        if process_set is None:
-            return tensor
-        return hvd.reducescatter_async(tensor, name=name, op=hvd.Average, process_set=process_set)
+        return self._in_data_group(hvd.reducescatter_async, tensor, name=name, op=hvd.Average)
 
     def start_allgather(self, tensor: torch.Tensor, name: str) -> Any:
-        process_set = self.data_process_set
-        if process_set is None:
-            return tensor
-        return hvd.allgather_async(tensor, name=name, process_set=process_set)
+        return self._in_data_group(hvd.allgather_async, tensor, name=name)
 
     def broadcast_tensor(self, tensor: torch.Tensor, root: int, name: str) -> torch.Tensor:
-        process_set = self.data_process_set
-        if process_set is None:
-            return tensor
         with self.watch(f"the broadcast {name}"):
-            return hvd.broadcast_(tensor, root_rank=root, name=name, process_set=process_set)
+            return self._in_data_group(hvd.broadcast_, tensor, root_rank=root, name=name)
+
+    def _in_data_group(self, collective: Any, tensor: torch.Tensor, **options: Any) -> Any:
+        """``collective`` over this rank's data-parallel group; a group of one sends nothing."""
+        process_set = self.data_process_set
+        return tensor if process_set is None else collective(tensor, process_set=process_set, **options)
 
     def wait(self, handle: Any) -> torch.Tensor:
         if torch.is_tensor(handle):  # a group of one: nothing was sent

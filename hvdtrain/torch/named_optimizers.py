@@ -74,6 +74,11 @@ def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def hyperparameters(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each parameter group's settings (lr, betas, ...) without its parameters."""
+    return [{key: value for key, value in group.items() if key != "params"} for group in groups]
+
+
 def _check_disjoint(optimizers: Mapping[str, torch.optim.Optimizer], model: torch.nn.Module | None) -> None:
     names = {id(p): name for name, p in model.named_parameters()} if model is not None else {}
     owner: dict[int, str] = {}

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from hvdtrain.torch.named_optimizers import hyperparameters
+
 BUCKET_ELEMENTS = 1 << 22  # 16 MiB of float32 per bucket: the most a checkpoint gathers at once
 STAGES = (1, 2)
 
@@ -217,9 +219,6 @@ class ShardedState:
 
     # State: per parameter, as an unsharded optimizer holds it.
 
-    def _hyperparameters(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]  # type: ignore[attr-defined]
-
     def state_dict(self, keep: bool = True) -> dict[str, Any]:
         """Collective: the optimizer's state as an unsharded optimizer of the same class writes it.
 
@@ -245,7 +244,7 @@ class ShardedState:
                         state.setdefault(index[id(param)], {})[key] = value.clone() if torch.is_tensor(value) \
                             else value
         groups, first = [], 0
-        for hyper, params in zip(self._hyperparameters(), self._group_params):
+        for hyper, params in zip(hyperparameters(self.param_groups), self._group_params):  # type: ignore[attr-defined]
             groups.append({**hyper, "params": list(range(first, first + len(params)))})
             first += len(params)
         return {"state": state, "param_groups": groups}
@@ -262,24 +261,21 @@ class ShardedState:
             raise ValueError(f"the saved optimizer state has parameter groups of {counts} parameters, but this "
                              f"optimizer's hold {[len(p) for p in self._group_params]}: load the state of the "
                              "same model and parameter groups")
-        for group, hyper in zip(self.param_groups, saved):  # type: ignore[attr-defined]
-            group.update({k: v for k, v in hyper.items() if k != "params"})
-        per_param = {id(p): state_dict["state"].get(saved_index)
-                     for params, group in zip(self._group_params, saved)
-                     for p, saved_index in zip(params, group["params"])}
+        for group, hyper in zip(self.param_groups, hyperparameters(saved)):  # type: ignore[attr-defined]
+            group.update(hyper)
+        per_param = self._per_param(state_dict)
         self.state.clear()  # type: ignore[attr-defined]
         for bucket in self._buckets:
-            own = _own_slice(bucket, [per_param[id(p)] for p in bucket.params])
-            if own:
-                self.state[bucket.slice] = own  # type: ignore[attr-defined]
+            states = [per_param[id(p)] for p in bucket.params]
+            self._keep_own(bucket, _keys(bucket, states), lambda key, b=bucket, s=states: _flat_state(b, s, key))
         self._loaded = state_dict
 
     def broadcast_state(self, root: int) -> None:
         """Collective: every replica takes its slices of the state ``root`` loaded (one bucket at a time)
         and ``root``'s hyperparameters."""
         backend = self._backend
-        loaded = backend.broadcast_object({"groups": self._hyperparameters(), "loaded": self._loaded is not None},
-                                          root)
+        loaded = backend.broadcast_object({"groups": hyperparameters(self.param_groups),  # type: ignore[attr-defined]
+                                           "loaded": self._loaded is not None}, root)
         for group, hyper in zip(self.param_groups, loaded["groups"]):  # type: ignore[attr-defined]
             group.update(hyper)
         if loaded["loaded"]:
@@ -288,30 +284,34 @@ class ShardedState:
 
     def _broadcast_loaded(self, root: int) -> None:
         backend, is_root = self._backend, self._backend.rank == root
-        index = {id(p): i for i, p in enumerate(self.model_parameters)}
-        saved = self._loaded if is_root else None
+        per_param = self._per_param(self._loaded) if is_root else {}
         self.state.clear()  # type: ignore[attr-defined]
         for bucket in self._buckets:
-            per_param = [_saved_state(saved, index[id(p)]) for p in bucket.params] if is_root else None
-            keys = backend.broadcast_object(_keys(bucket, per_param) if is_root else None, root)
-            own: dict[str, Any] = {}
-            for key, (shaped, scalar) in sorted(keys.items()):
-                if shaped:
-                    full = _flat_state(bucket, per_param, key) if is_root else \
-                        torch.empty_like(bucket.flat)
-                    full = backend.broadcast_tensor(full, root, f"hvdtrain.shard.load.{bucket.index}.{key}")
-                    own[key] = full[bucket.start:bucket.start + bucket.size].clone()
-                else:
-                    own[key] = scalar.clone() if torch.is_tensor(scalar) else scalar
-            if own:
-                self.state[bucket.slice] = own  # type: ignore[attr-defined]
+            states = [per_param[id(p)] for p in bucket.params] if is_root else []
+            keys = backend.broadcast_object(_keys(bucket, states) if is_root else None, root)
 
+            def full(key: str, bucket: _Bucket = bucket, states: list[Any] = states) -> torch.Tensor:
+                sent = _flat_state(bucket, states, key) if is_root else torch.empty_like(bucket.flat)
+                return backend.broadcast_tensor(sent, root, f"hvdtrain.shard.load.{bucket.index}.{key}")
+            self._keep_own(bucket, keys, full)
 
-def _saved_state(saved: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
-    if saved is None:
-        return None
-    position = [i for group in saved["param_groups"] for i in group["params"]][index]
-    return saved["state"].get(position)
+    def _per_param(self, state_dict: dict[str, Any]) -> dict[int, dict[str, Any] | None]:
+        """Each model parameter's entry (by ``id``) in a per-parameter ``state_dict``, None if it has none."""
+        return {id(p): state_dict["state"].get(saved_index)
+                for params, group in zip(self._group_params, state_dict["param_groups"])
+                for p, saved_index in zip(params, group["params"])}
+
+    def _keep_own(self, bucket: _Bucket, keys: dict[str, tuple[bool, Any]], full: Any) -> None:
+        """Keep this replica's slice of each per-element state (``full(key)``: the whole bucket's) and the
+        scalars as they are, as the state of ``bucket``'s slice."""
+        own: dict[str, Any] = {}
+        for key, (shaped, scalar) in sorted(keys.items()):
+            if shaped:
+                own[key] = full(key)[bucket.start:bucket.start + bucket.size].clone()
+            else:
+                own[key] = scalar.clone() if torch.is_tensor(scalar) else scalar
+        if own:
+            self.state[bucket.slice] = own  # type: ignore[attr-defined]
 
 
 def _keys(bucket: _Bucket, per_param: list[dict[str, Any] | None]) -> dict[str, tuple[bool, Any]]:
@@ -331,14 +331,3 @@ def _flat_state(bucket: _Bucket, per_param: list[dict[str, Any] | None], key: st
         parts.append(torch.zeros(param.numel(), dtype=bucket.flat.dtype, device=bucket.flat.device) if value is None
                      else value.detach().to(bucket.flat.device, bucket.flat.dtype).reshape(-1))
     return torch.cat(parts)
-
-
-def _own_slice(bucket: _Bucket, per_param: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """This replica's slice of each per-element state, and the scalars as they are."""
-    own: dict[str, Any] = {}
-    for key, (shaped, scalar) in _keys(bucket, per_param).items():
-        if not shaped:
-            own[key] = scalar.clone() if torch.is_tensor(scalar) else scalar
-            continue
-        own[key] = _flat_state(bucket, per_param, key)[bucket.start:bucket.start + bucket.size].clone()
-    return own

@@ -111,15 +111,16 @@ class OptimizerUpdate:
         scales stay equal."""
         grads = [p.grad for p in self.parameters if p.grad is not None]
         finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
-        flag = 0.0 if finite else 1.0
-        if self.backend.layout.pipeline > 1:
-            overflowed = self.backend.peers.sum(np.array([flag]),
-                                                f"the float16 overflow check of step {step_number}")[0]
-        else:
-            overflowed = self.backend.allreduce_sum([flag])[0]
+        overflowed = self._world_sum(0.0 if finite else 1.0, f"the float16 overflow check of step {step_number}")
         held = next((g for g in grads if g.numel()), None)  # a sharded rank's first slice may be empty
         if overflowed and finite and held is not None:
             held.view(-1)[0] = float("inf")
+
+    def _world_sum(self, value: float, what: str) -> float:
+        """``value`` summed over the world: on a pipeline's MPI communicator, else a Horovod allreduce."""
+        if self.backend.layout.pipeline > 1:
+            return self.backend.peers.sum(np.array([value]), what)[0]
+        return self.backend.allreduce_sum([value])[0]
 
     def _clip(self) -> None:
         """Clip to ``clip_norm`` by the norm of the whole model's averaged gradients. Across a pipeline's stages
@@ -138,10 +139,7 @@ class OptimizerUpdate:
         for param in held:  # a tensor group's replicated parameters are held whole by each rank: counted once
             share = 1.0 if is_tensor_parallel(param) else 1.0 / layout.tensor
             squares += param.grad.detach().double().square().sum() * share
-        if layout.pipeline > 1:
-            total = self.backend.peers.sum(np.array([squares.item()]), "the gradient norm across stages")[0]
-        else:
-            total = self.backend.allreduce_sum([squares.item()])[0]
+        total = self._world_sum(squares.item(), "the gradient norm across stages")
         scale = (self.clip_norm / (torch.tensor(total / layout.data_size, dtype=torch.float64,
                                                 device=squares.device).sqrt() + 1e-6)).clamp(max=1.0)
         for grad in grads:

@@ -1,6 +1,6 @@
 import pytest
 
-from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager
+from hvdtrain.core.checkpoint import CheckpointError, CheckpointManager, part_name
 from hvdtrain.core.checkpoint_io import read_header
 
 
@@ -49,7 +49,7 @@ def test_bad_policy_is_rejected(tmp_path, kwargs, message):
 def _save_stages(manager, epoch, step, stages=2, score=None):
     """A pipeline checkpoint as the stages and rank 0 write it: parts first, then the manifest."""
     checkpoint = manager.directory_for(epoch, step)
-    written = [manager.save_part(checkpoint, stage, f"stage {stage} at {step}".encode(), {"stage": stage})
+    written = [manager.save_part(checkpoint, part_name(stage), f"stage {stage} at {step}".encode(), {"stage": stage})
                for stage in range(stages)]
     parts = {path.name: read_header(path)["payload_sha256"] for path in written}
     return manager.save_manifest(checkpoint, b"manifest", parts, epoch=epoch, global_step=step, score=score)
@@ -75,7 +75,7 @@ def test_a_checkpoint_of_stage_parts_is_a_directory_kept_pruned_and_verified_lik
 
     # A save cut short before its manifest is not a checkpoint, and the next save clears it away.
     cut_short = manager.directory_for(4, 40)
-    manager.save_part(cut_short, 0, b"orphan", {"stage": 0})
+    manager.save_part(cut_short, part_name(0), b"orphan", {"stage": 0})
     assert manager.load_latest()[0].path == newest.path
     _save_stages(manager, 5, 50)
     assert not cut_short.exists()
