@@ -7,7 +7,7 @@ HOROVODRUN ?= $(VENV)/bin/horovodrun
 BENCH_GPU_ARGS ?=  # e.g. --steps 20 --output $$OUT/performance-gpu.md (python -m benchmarks.gpu --help)
 NP ?= 2
 
-.PHONY: setup test test-gpu unit parallel lint demo bench bench-gpu gpu-carry clean doctor slurm-up slurm-down
+.PHONY: setup test test-gpu unit parallel lint demo bench bench-setup bench-gpu gpu-carry clean doctor slurm-up slurm-down
 
 # Every target that runs something first brings the environment up to date: `make setup` runs again
 # when one of its inputs is newer than the stamp it leaves (and on a fresh clone, which has none).
@@ -49,8 +49,17 @@ demo: $(STAMP)  ## the main job: 2-worker PyTorch training on the bundled digits
 doctor: $(STAMP)
 	$(VENV)/bin/hvdtrain doctor
 
-bench: $(STAMP)  ## throughput benchmarks (data parallel, the pipeline, sharded-state memory); writes docs/performance-results.md, docs/performance.png and benchmarks/results/
+BENCH_STAMP := $(VENV)/.hvdtrain-bench
+
+bench-setup: $(BENCH_STAMP)  ## the peers make bench compares with (Lightning, Accelerate: requirements-bench.txt); never part of make setup
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## throughput against raw Horovod, DDP, Lightning, Accelerate and the ceiling; per-step overhead; the pipeline; sharded-state memory. Writes docs/performance-*.md, docs/performance.png and benchmarks/results/
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.run
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.overhead
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.pipeline
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.memory
 

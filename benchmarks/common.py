@@ -292,3 +292,27 @@ def parameter_shapes(model: str) -> list[tuple[int, ...]]:
 def parameter_count(model: str) -> int:
     """Trainable parameters of a benchmark model (same in PyTorch and Keras)."""
     return sum(math.prod(shape) for shape in parameter_shapes(model))
+
+
+#: The overhead benchmark's tiny model (``benchmarks.overhead``): inputs and hidden units; NUM_CLASSES outputs.
+TINY_FEATURES = TINY_HIDDEN = 32
+
+
+def add_overhead_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments every overhead worker accepts (``benchmarks/workers/overhead_*.py``)."""
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples-per-rank", type=int, default=6400)
+    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--variant", default="")
+
+
+def overhead_result(args: argparse.Namespace, rank: int, size: int, epoch_seconds: list[float]) -> dict[str, Any]:
+    """An overhead worker's result: the microseconds per step of each timed epoch (after the warmup ones)."""
+    steps = args.samples_per_rank // args.batch_size
+    timed = epoch_seconds[args.warmup_epochs:]
+    return {"variant": args.variant or f"{args.loop}-{args.comm}", "loop": args.loop, "comm": args.comm,
+            "rank": rank, "size": size, "steps_per_epoch": steps, "batch_size": args.batch_size,
+            "us_per_step": [round(1e6 * seconds / steps, 2) for seconds in timed]}

@@ -109,10 +109,23 @@ class Outcome:
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    """Kill the launch's process group and every process below it: torchrun starts its workers in
+    sessions of their own, and a survivor would hold the output pipe open."""
+    import psutil
+
+    try:
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    for child in below:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
 
 

@@ -71,6 +71,10 @@ HVDTRAIN_TORCH = Variant("hvdtrain-torch", "hvdtrain Trainer (hvdtrain run)", "t
                          "torch_hvdtrain.py", requires=("hvdtrain/torch/trainer.py", "hvdtrain/cli.py"))
 HVDTRAIN_TORCH_MPI = Variant("hvdtrain-torch-mpi", "hvdtrain Trainer (tuned mpirun)", "torch", "mpirun",
                              "torch_hvdtrain.py", requires=("hvdtrain/torch/trainer.py",))
+LIGHTNING = Variant("lightning", "Lightning Trainer, DDP on Gloo (torchrun)", "torch", "torchrun", "torch_peers.py",
+                    ("--framework", "lightning"))
+ACCELERATE = Variant("accelerate", "Accelerate, Gloo (torchrun)", "torch", "torchrun", "torch_peers.py",
+                     ("--framework", "accelerate"))
 TF_CEILING = Variant("tf-ceiling", "Keras: no communication (ceiling)", "tf", "independent", "tf_loop.py",
                      ("--comm", "none"))
 TF_HVD_MPI = Variant("tf-hvd-mpi", "Keras: raw grouped_allreduce loop, MPI", "tf", "mpirun", "tf_loop.py",
@@ -81,8 +85,8 @@ HVDTRAIN_KERAS_MPI = Variant("hvdtrain-keras-mpi", "Keras: hvdtrain fit (tuned m
                              "keras_hvdtrain.py", requires=("hvdtrain/tensorflow/__init__.py",))
 
 #: The side-by-side comparison, in table order.
-VARIANTS = (TORCH_CEILING, TORCH_HVD_MPI, TORCH_HVD_GLOO, TORCH_DDP, HVDTRAIN_TORCH, HVDTRAIN_TORCH_MPI,
-            TF_CEILING, TF_HVD_MPI, HVDTRAIN_KERAS, HVDTRAIN_KERAS_MPI)
+VARIANTS = (TORCH_CEILING, TORCH_HVD_MPI, TORCH_HVD_GLOO, TORCH_DDP, LIGHTNING, ACCELERATE, HVDTRAIN_TORCH,
+            HVDTRAIN_TORCH_MPI, TF_CEILING, TF_HVD_MPI, HVDTRAIN_KERAS, HVDTRAIN_KERAS_MPI)
 
 #: Reference rows for the ratio columns, per framework.
 CEILING = {"torch": TORCH_CEILING.key, "tf": TF_CEILING.key}

@@ -75,7 +75,8 @@ def _machine(data: dict[str, Any]) -> list[str]:
     gpus = ", ".join(m.get("gpus") or []) or "no GPU"
     software = ", ".join(f"{name} {m[key]}" for name, key in (("Python", "python"), ("PyTorch", "torch"),
                          ("TensorFlow", "tensorflow"), ("Keras", "keras"), ("Horovod", "horovod"),
-                         ("MPI", "open_mpi"), ("mpi4py", "mpi4py")) if m.get(key))
+                         ("MPI", "open_mpi"), ("mpi4py", "mpi4py"), ("Lightning", "lightning"),
+                         ("Accelerate", "accelerate")) if m.get(key))
     return [f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB, {gpus}",
             f"- Software: {software}",
             f"- Run: started {data.get('started', '?')}, {data.get('duration_s', 0) / 60:.1f} minutes; workers "

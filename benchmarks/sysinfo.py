@@ -89,4 +89,6 @@ def describe() -> dict[str, object]:
         "horovod": package_version("horovod"),
         "open_mpi": open_mpi_version(),
         "mpi4py": package_version("mpi4py"),
+        "lightning": package_version("lightning"),  # the peers (requirements-bench.txt)
+        "accelerate": package_version("accelerate"),
     }

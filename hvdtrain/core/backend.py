@@ -71,7 +71,7 @@ class SerialBackend:
 
     @property
     def layout(self) -> Layout:
-        return Layout(1, self.size, self.rank)
+        return Layout.data_parallel(self.size, self.rank)
 
     def run_elastic(self, train: Callable[[], Any], state: Any) -> Any:
         return train()

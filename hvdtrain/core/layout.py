@@ -11,6 +11,7 @@ slice ``part = stage * tensor + tensor_rank``: what its checkpoint file holds.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -40,6 +41,13 @@ class Layout:
                               f"pipeline={self.pipeline}, data_size={self.data_size}, tensor={self.tensor})")
         if not 0 <= self.rank < self.world_size:
             raise LayoutError(f"rank {self.rank} is outside a world of {self.world_size} ({self.describe()})")
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def data_parallel(world_size: int, rank: int) -> Layout:
+        """The layout where every rank is a model replica (one shared, immutable object per world and rank:
+        the training step asks for it often)."""
+        return Layout(1, world_size, rank)
 
     @classmethod
     def for_world(cls, world_size: int, rank: int, pipeline: int = 1, tensor: int = 1) -> Layout:

@@ -98,6 +98,7 @@ class ShardedOrder:
             yield order[begin:end]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """This rank's batches as index arrays (never empty)."""
-        for batch in self.global_batches():
-            yield batch[self.rank::self.size]
+        """This rank's batches as index arrays (never empty): every ``size``-th index of each global batch."""
+        order, rank, size = self.permutation(), self.rank, self.size
+        for begin, end in itertools.pairwise(self._boundaries()):
+            yield order[begin + rank:end:size]

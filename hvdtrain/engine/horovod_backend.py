@@ -84,7 +84,7 @@ class HorovodBackendBase:
     @property
     def layout(self) -> Layout:
         """Stages x replicas; without a pipeline every rank is a replica (read live: elastic resizes)."""
-        return HorovodBackendBase._fixed_layout or Layout(1, self.size, self.rank)
+        return HorovodBackendBase._fixed_layout or Layout.data_parallel(self.size, self.rank)
 
     @property
     def data_process_set(self) -> Any:

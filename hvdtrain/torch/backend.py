@@ -6,7 +6,7 @@ given; this module (and no other PyTorch module) imports Horovod.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import horovod.torch as hvd
@@ -144,11 +144,12 @@ class HorovodBackend(HorovodBackendBase):
 
     def start_max(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""
-        return hvd.allreduce_async(tensor, op=hvd.Max, name=name)
+        return tensor if self.size == 1 else hvd.allreduce_async(tensor, op=hvd.Max, name=name)
 
     def start_sum(self, tensor: torch.Tensor, name: str) -> Any:
-        """Start an element-wise sum over ranks of ``tensor``; ``wait`` returns the result."""
-        return hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
+        """Start an element-wise sum over ranks of ``tensor``; ``wait`` returns the result (a world of one sends
+        nothing: a Horovod op waits for the background thread's next cycle, a millisecond)."""
+        return tensor if self.size == 1 else hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
 
     def start_reducescatter(self, tensor: torch.Tensor, name: str) -> Any:
         return self._in_data_group(hvd.reducescatter_async, tensor, name=name, op=hvd.Average)
@@ -229,9 +230,8 @@ class _LocalSynchronization:
     def synchronize(self) -> None:
         return None
 
-    @contextlib.contextmanager
-    def skip_synchronize(self) -> Iterator[None]:
-        yield
+    def skip_synchronize(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def default_backend() -> TorchBackend:

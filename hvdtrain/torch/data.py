@@ -51,6 +51,9 @@ class TensorBatches:
                  device: torch.device | None = None) -> None:
         self.tensors = _placed(tuple(tensors), device)
         self.sampler = sampler
+        self._pinned = tuple(t.device.type == "cpu" and t.is_pinned() for t in self.tensors)  # asked once
+        #: Every batch is already on ``device``: nothing to move.
+        self.on_device = device is not None and all(t.device == device for t in self.tensors)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -58,7 +61,7 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for indices in self.sampler.order:
             index = torch.from_numpy(indices)
-            yield tuple(_rows(t, index) for t in self.tensors)
+            yield tuple([_rows(t, index, pinned) for t, pinned in zip(self.tensors, self._pinned)])
 
 
 def _placed(tensors: tuple[torch.Tensor, ...], device: torch.device | None) -> tuple[torch.Tensor, ...]:
@@ -71,13 +74,11 @@ def _placed(tensors: tuple[torch.Tensor, ...], device: torch.device | None) -> t
     return tuple(t.pin_memory() if t.device.type == "cpu" else t for t in tensors)
 
 
-def _rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The rows ``index`` of ``tensor``; from pinned memory into pinned memory, so the copy to the GPU is
-    asynchronous."""
-    if tensor.device.type != "cpu":
-        return tensor.index_select(0, index.to(tensor.device, non_blocking=True))
-    if not tensor.is_pinned():
-        return tensor.index_select(0, index)
+def _rows(tensor: torch.Tensor, index: torch.Tensor, pinned: bool) -> torch.Tensor:
+    """The rows ``index`` of ``tensor``; from pinned memory (``pinned``) into pinned memory, so the copy to
+    the GPU is asynchronous."""
+    if not pinned:
+        return tensor.index_select(0, index if tensor.device.type == "cpu" else index.to(tensor.device))
     rows = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
     return torch.index_select(tensor, 0, index, out=rows)
 

@@ -10,6 +10,7 @@ work on such nests.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -30,13 +31,13 @@ _LOADER_SETTINGS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worke
 def to_device(batch: Any, device: torch.device) -> Any:
     """``batch`` with every tensor in it (tuples, lists, dicts, nested) moved to ``device``."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        if hasattr(batch, "_fields"):  # a namedtuple
+            return type(batch)(*(to_device(value, device) for value in batch))
+        return type(batch)(to_device(value, device) for value in batch)
     if isinstance(batch, Mapping):
         return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(value, device) for value in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(value, device) for value in batch)
     return batch
 
 
@@ -47,8 +48,8 @@ def batch_len(batch: Any) -> int:
         TypeError: the batch holds no tensor.
     """
     if isinstance(batch, torch.Tensor):
-        return len(batch)
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+        return batch.shape[0]
+    values = batch if isinstance(batch, (tuple, list)) else batch.values() if isinstance(batch, Mapping) else ()
     for value in values:
         try:
             return batch_len(value)
@@ -71,6 +72,8 @@ class ShardedInput:
     def __init__(self, batches: Any, sampler: DistributedBatchSampler) -> None:
         self.batches = batches
         self.sampler = sampler
+        #: The batches are already where the model runs (in-memory tensors placed there once).
+        self.on_device = getattr(batches, "on_device", False)
 
     def set_epoch(self, epoch: int, samples_seen: int, batches_done: int) -> int:
         """Position on ``epoch`` after ``samples_seen`` global samples; returns the steps left."""
@@ -79,8 +82,7 @@ class ShardedInput:
 
     def __iter__(self) -> Iterator[tuple[Any, bool]]:
         """(batch, whether another follows) for this rank's remaining batches."""
-        for batch in self.batches:
-            yield batch, True
+        return zip(self.batches, itertools.repeat(True))
 
     def global_sizes(self) -> Iterator[int]:
         return self.sampler.global_batches()
@@ -95,6 +97,7 @@ class StreamingInput:
     """
 
     streaming = True
+    on_device = False
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,19 +33,19 @@ class MixedPrecision:
         self._stepped = False  # an optimizer stepped since the last scale update
         self._zero = torch.zeros((), device=device)
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass and the loss, in the lower precision where autocast deems it safe."""
         if self.dtype is None:
-            yield
-            return
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            yield
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor, inputs: list[torch.Tensor] | None = None) -> None:
         """Backward of the (scaled) loss, outside autocast; gradients go to ``inputs`` only if given."""
+        if self.dtype is None:
+            loss.backward(inputs=inputs)
+            return
         scaled = self.scaler.scale(loss) if self.scaler is not None else loss
-        with torch.autocast(self.device_type, enabled=False) if self.dtype else contextlib.nullcontext():
+        with torch.autocast(self.device_type, enabled=False):
             scaled.backward(inputs=inputs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:

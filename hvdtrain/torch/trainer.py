@@ -268,8 +268,9 @@ class Trainer(EpochLoop):
     def _step_logs(self, outputs: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
         """The default step's loss and metrics of ``outputs``."""
         logs = {"loss": self.loss_fn(outputs, targets)}
-        with torch.no_grad():
-            logs.update({metric: fn(outputs.float(), targets) for metric, fn in self.metrics.items()})
+        if self.metrics:
+            with torch.no_grad():
+                logs.update({metric: fn(outputs.float(), targets) for metric, fn in self.metrics.items()})
         return logs
 
     def _as_logs(self, result: Any, step: str) -> dict[str, torch.Tensor]:
@@ -279,36 +280,37 @@ class Trainer(EpochLoop):
         if not isinstance(result, Mapping) or (step == "training_step" and "loss" not in result):
             got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
             raise TypeError(f"{step} must return the loss tensor or a dict with a 'loss' entry (got {got})")
-        return {name: torch.as_tensor(value, device=self.device) for name, value in result.items()}
+        return {name: value if isinstance(value, torch.Tensor) and value.device == self.device
+                else torch.as_tensor(value, device=self.device) for name, value in result.items()}
 
     # Training.
 
     def _train_epoch(self, ctx: TrainContext) -> dict[str, float]:
         self.model.train()
-        sums: dict[str, torch.Tensor] = {}
+        sums = _WeightedSums(self.device)
         sizes = None if self.train_input.streaming else self.train_input.global_sizes()
+        on_device = self.train_input.on_device
         for batch, has_next in self._epoch_batches():
             self._begin_batch(ctx)
-            batch = to_device(batch, self.device)
+            if not on_device:
+                batch = to_device(batch, self.device)
             local = batch_len(batch)
             outcome, logs, global_size, last = self._train_step(ctx, batch, local, sizes and next(sizes), has_next)
-            for name, value in logs.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().double() * local
+            sums.add(logs, local)
             if self._end_batch(ctx, local, global_size, outcome) or last:
                 break
         if self.lr_scheduler and self.lr_scheduler.interval == "epoch" and not ctx.stop_training:
             self.lr_scheduler.step()
-        if not sums:
-            return {}
-        means = (torch.stack(list(sums.values())) / max(ctx.sample_count, 1)).tolist()  # the epoch's one read
-        return dict(zip(sums, means))
+        totals = sums.totals()
+        means = (torch.stack(list(totals.values())) / max(ctx.sample_count, 1)).tolist() if totals else []
+        return dict(zip(totals, means))  # the epoch's one read
 
     def _epoch_batches(self) -> Iterator[tuple[Any, bool]]:
         """(batch, has next) for the epoch; a streamed epoch is empty everywhere if one rank has no batch."""
         batches = iter(self.train_input)
-        if not self.train_input.streaming:
-            yield from batches
-            return
+        return self._streamed(batches) if self.train_input.streaming else batches
+
+    def _streamed(self, batches: Iterator[tuple[Any, bool]]) -> Iterator[tuple[Any, bool]]:
         first = next(batches, None)
         if any_rank(self.backend, first is None):
             return
@@ -334,7 +336,8 @@ class Trainer(EpochLoop):
         update = update or last  # the epoch ends mid accumulation round: what was accumulated was applied
         if update and self.lr_scheduler and self.lr_scheduler.interval == "step":
             self.lr_scheduler.step()
-        outcome = StepOutcome(logs["loss"].detach(), update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
+        logs = {name: value.detach() if value.requires_grad else value for name, value in logs.items()}
+        outcome = StepOutcome(logs["loss"], update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
         return outcome, logs, int(global_size), last
 
     def _run_training_step(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -346,8 +349,7 @@ class Trainer(EpochLoop):
                 return self._as_logs(self.training_step(batch, self.opt), "training_step")
         with self.precision.autocast():
             logs = self._as_logs(self.training_step(batch), "training_step")
-        self.opt.backward(logs["loss"])
-        self.opt.step()
+        self.opt.backward_and_step(logs["loss"])
         return logs
 
     def _pipeline_step(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -393,7 +395,7 @@ class Trainer(EpochLoop):
         if data is None:
             return {}
         self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
+        sums = _WeightedSums(self.device)
         count = 0
         for batch, _ in self._input(data, shuffle=False):
             batch = to_device(batch, self.device)
@@ -401,12 +403,12 @@ class Trainer(EpochLoop):
             logs = self._evaluate_batch(batch, local)
             if logs is None:  # a pipeline stage before the last
                 continue
-            for name, value in logs.items():
-                sums[name] = sums.get(name, 0.0) + value.double() * local
+            sums.add(logs, local)
             count += local
-        names = list(dict.fromkeys(n for names in self.backend.allgather_object(list(sums)) for n in names))
-        values = torch.stack([sums.get(n, torch.zeros((), dtype=torch.float64)).cpu() for n in names]).tolist() \
-            if names else []
+        totals = sums.totals()
+        names = list(dict.fromkeys(n for names in self.backend.allgather_object(list(totals)) for n in names))
+        values = torch.stack([totals.get(n, torch.zeros((), dtype=torch.float64, device=self.device)).cpu()
+                              for n in names]).tolist() if names else []
         totals = self.backend.allreduce_sum([*values, count])
         return {f"val_{name}": total / max(totals[-1], 1) for name, total in zip(names, totals[:-1])}
 
@@ -495,6 +497,46 @@ def _takes_two_arguments(step: Callable[..., Any]) -> bool:
         return False
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(p.kind in positional for p in parameters) >= 2
+
+
+class _WeightedSums:
+    """Per-name sums of batch values weighted by batch size, kept on the device: a batch costs a list append
+    per value, and every ``FOLD`` batches fold into one float64 tensor per name (few tensors held)."""
+
+    FOLD = 256
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._values: dict[str, list[torch.Tensor]] = {}
+        self._weights: dict[str, list[float]] = {}
+        self._folded: dict[str, torch.Tensor] = {}
+
+    def add(self, logs: Mapping[str, torch.Tensor], weight: int) -> None:
+        """Add one batch's values (detached tensors), each weighted by ``weight`` samples."""
+        for name, value in logs.items():
+            values = self._values.setdefault(name, [])
+            values.append(value)
+            self._weights.setdefault(name, []).append(float(weight))
+            if len(values) == self.FOLD:
+                self._fold(name)
+
+    def totals(self) -> dict[str, torch.Tensor]:
+        """``{name: sum of weight * value}`` as float64 scalar tensors, in first-seen order."""
+        for name in self._values:
+            self._fold(name)
+        return dict(self._folded)
+
+    def _fold(self, name: str) -> None:
+        values, weights = self._values[name], self._weights[name]
+        if not values:
+            return
+        factors = torch.tensor(weights, dtype=torch.float64)
+        if self._device.type == "cuda":  # copied without waiting for the GPU
+            factors = factors.pin_memory().to(self._device, non_blocking=True)
+        weighted = torch.stack(values).double().reshape(len(values)) @ factors
+        self._folded[name] = self._folded[name] + weighted if name in self._folded else weighted
+        values.clear()
+        weights.clear()
 
 
 class _StreamEnd:

@@ -2,6 +2,7 @@
 handle through which a ``training_step(batch, opt)`` drives several optimizers (GANs)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,8 +22,8 @@ T = TypeVar("T")
 class OptimizerUpdate:
     """One distributed optimizer's part of a training step.
 
-    ``backward`` flags a non-finite loss on this rank and, on an update step, starts agreeing on the
-    flag before the gradients' allreduce (so it rides in the same Horovod cycle); ``apply`` runs
+    ``backward`` keeps the detached loss and, on an update step, starts agreeing whether every rank's
+    losses were finite before the gradients' allreduce (so it rides in the same Horovod cycle); ``apply`` runs
     Horovod's order: synchronize, unscale, clip this optimizer's parameters, step without a second
     allreduce, zero_grad; the step is skipped on every rank when any rank's loss was not finite.
 
@@ -45,23 +46,26 @@ class OptimizerUpdate:
         self.parameters = parameters_of(optimizer)  # a sharded optimizer's: this replica's slices
         self.sharded = isinstance(optimizer, ShardedState)
         self._flag_name = f"hvdtrain.nonfinite.{name}"
-        self._nonfinite_rank = torch.zeros((), device=device)  # 1 + this rank once a loss was not finite
-        self._this_rank = torch.zeros((), device=device)
-        self._check: Any = None  # the started agreement on the flag
+        self._device = device
+        self._losses: list[torch.Tensor] = []  # the detached losses since the last update
+        self._check: Any = None  # the started sum of the ranks' poisons
         self._agreed: torch.Tensor | None = None  # or the flags' max, agreed by the caller's own collective
         self.reset()
 
     def reset(self) -> None:
-        """Forget the flags (after an elastic load: this rank's number may have changed)."""
-        self._nonfinite_rank.zero_()
-        self._this_rank.fill_(self.backend.rank + 1)
+        """Forget the losses and checks (after an elastic load: this rank's number may have changed)."""
+        self._losses = []
         self._check = None
         self._agreed = None
 
     @property
     def flag(self) -> torch.Tensor:
-        """1 + this rank if a loss since the last update was not finite, else 0 (what the ranks agree on)."""
-        return self._nonfinite_rank
+        """1 + this rank if a loss since the last update was not finite, else 0 (for a caller that agrees the
+        ranks' flags in a collective of its own)."""
+        if not self._losses:
+            return torch.zeros((), device=self._device)
+        finite = torch.isfinite(torch.stack(self._losses).float()).all()
+        return torch.where(finite, 0.0, float(self.backend.rank + 1))
 
     def flags_agreed(self, highest: torch.Tensor) -> None:
         """The ranks' flags were agreed in a collective of the caller's (``highest``: their max): the next
@@ -70,7 +74,7 @@ class OptimizerUpdate:
 
     def backward(self, loss: torch.Tensor, weight: float, start_check: bool, own_only: bool) -> None:
         """Back-propagate ``loss * weight``; ``own_only``: into this optimizer's parameters alone."""
-        self._nonfinite_rank = torch.where(torch.isfinite(loss.detach()), self._nonfinite_rank, self._this_rank)
+        self._losses.append(loss.detach())
         if start_check:
             self._check = self._start_check()
         inputs = [p for p in self.parameters if p.requires_grad] if own_only else None
@@ -79,7 +83,20 @@ class OptimizerUpdate:
             self.optimizer.after_backward(ends_step=start_check)
 
     def _start_check(self) -> Any:
-        return self.backend.start_max(self._nonfinite_rank.reshape(1), self._flag_name)
+        """Start summing the round's losses over the ranks: the sum is finite when every loss was (NaN and
+        inf stay in a sum). No op on the way for a round of one batch."""
+        losses = self._losses or [torch.zeros((), device=self._device)]
+        total = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        return self.backend.start_sum(total.float(), self._flag_name)  # float32: every wire has it
+
+    def _bad_rank(self, check: Any) -> int:
+        """The highest rank whose loss was not finite, or -1; looked for only when the losses' sum was not
+        finite, by a second agreement that every rank then reaches (finite losses whose sum overflowed
+        find none)."""
+        if math.isfinite(self.backend.wait(check).item()):
+            return -1
+        own_finite = all(math.isfinite(loss.item()) for loss in self._losses)
+        return int(self.backend.allreduce_max([0.0 if own_finite else self.backend.rank + 1.0])[0]) - 1
 
     def apply(self, step_number: int) -> int | None:
         """Apply the averaged gradients unless some rank's loss was not finite.
@@ -88,12 +105,13 @@ class OptimizerUpdate:
             The highest rank whose loss was not finite, agreed by all ranks, or None.
         """
         agreed, self._agreed = self._agreed, None
-        check = None if agreed is not None else self._check or self._start_check()  # late: a streamed epoch's end
-        self._check = None
+        check, self._check = self._check, None
+        if agreed is None and check is None:  # late: a streamed epoch's end
+            check = self._start_check()
         with self.backend.watch(f"the gradient allreduce of step {step_number}"):
             self.optimizer.synchronize()
-            bad_rank = int((agreed if check is None else self.backend.wait(check)).item()) - 1
-        self._nonfinite_rank.zero_()
+            bad_rank = int(agreed.item()) - 1 if check is None else self._bad_rank(check)
+        self._losses = []
         if bad_rank < 0:
             if self.precision.scaler is not None and (self.backend.layout.parts > 1 or self.sharded):
                 self._agree_overflow(step_number)
@@ -135,7 +153,7 @@ class OptimizerUpdate:
             return
         held = [p for p in self.parameters if p.grad is not None]
         grads = [p.grad for p in held]
-        squares = torch.zeros((), dtype=torch.float64, device=self._this_rank.device)
+        squares = torch.zeros((), dtype=torch.float64, device=self._device)
         for param in held:  # a tensor group's replicated parameters are held whole by each rank: counted once
             share = 1.0 if is_tensor_parallel(param) else 1.0 / layout.tensor
             squares += param.grad.detach().double().square().sum() * share
@@ -192,6 +210,7 @@ class ManualOptimization:
         self._updates = updates
         self._precision = precision
         self._batch: _Batch | None = None
+        self._only = next(iter(updates.values())) if len(updates) == 1 else None
 
     def __getitem__(self, name: str) -> torch.optim.Optimizer:
         return self._update(name).optimizer
@@ -227,10 +246,21 @@ class ManualOptimization:
             raise ValueError(f"step({update.name!r}) needs a backward(loss, {update.name!r}) before it in the "
                              "same batch, and runs once per batch")
         batch.stepped.add(update.name)
+        self._apply(update, batch)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """The automatic step of the Trainer's only optimizer: ``backward(loss)`` then ``step()``, without the
+        checks of a user's calls (the Trainer makes each once)."""
+        update, batch = self._only, self._batch
+        update.backward(loss, batch.weight, start_check=batch.update, own_only=False)
+        self._apply(update, batch)
+
+    def _apply(self, update: OptimizerUpdate, batch: _Batch) -> None:
         if batch.applies():
             bad_rank = update.apply(batch.step_number)
             batch.checked = True
-            batch.bad_ranks += [] if bad_rank is None else [bad_rank]
+            if bad_rank is not None:
+                batch.bad_ranks.append(bad_rank)
 
     def _update(self, name: str | None) -> OptimizerUpdate:
         if name is None and len(self._updates) == 1:
@@ -262,9 +292,9 @@ class ManualOptimization:
             ValueError: an optimizer had a backward but no step.
         """
         batch, self._batch = self._current("finish_batch"), None
-        missing = sorted(batch.backward - batch.stepped)
+        missing = batch.backward - batch.stepped
         if missing:
-            raise ValueError(f"training_step ran backward(loss, name) but not step(name) for {missing}: every "
+            raise ValueError(f"training_step ran backward(loss, name) but not step(name) for {sorted(missing)}: every "
                              "backward needs its step in the same batch")
         self._precision.update()
         return batch.checked, max(batch.bad_ranks, default=None)

@@ -23,6 +23,8 @@ OPTIONAL = {  # run only when the adapter they benchmark exists in this checkout
     "hvdtrain-keras": ("hvdtrain/tensorflow/__init__.py", "hvdtrain/cli.py"),
     "hvdtrain-keras-mpi": ("hvdtrain/tensorflow/__init__.py",),
 }
+# The peers are installed by `make bench-setup` only: without them a run says so and names the fix.
+PEERS = {"lightning", "accelerate"}
 # The Keras worker may find an adapter whose entry point it cannot drive yet; it then reports the
 # variant as not available instead of failing (see benchmarks/workers/keras_hvdtrain.py).
 MAY_BE_UNAVAILABLE = {"hvdtrain-keras", "hvdtrain-keras-mpi"}
@@ -61,6 +63,12 @@ def test_every_variant_reports_positive_throughput(quick_run):
             assert record["samples_per_sec"] > 0, key
         for key in set(OPTIONAL) - expected:
             assert measured[key]["status"].startswith("not available"), key
+        for key in PEERS:
+            record = measured[key]
+            if record["status"] != "ok":
+                assert "requirements-bench.txt" in record["status"], (key, record["status"], record.get("error"))
+            else:
+                assert record["samples_per_sec"] > 0, key
 
 
 def test_allreduce_sweep_has_positive_bandwidth(quick_run):
