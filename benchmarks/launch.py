@@ -115,7 +115,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
     try:
         below = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         below = []
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -124,7 +124,7 @@ def _kill(proc: subprocess.Popen) -> None:
     for child in below:
         try:
             child.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     proc.wait()
 

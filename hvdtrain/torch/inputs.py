@@ -48,6 +48,8 @@ def batch_len(batch: Any) -> int:
         TypeError: the batch holds no tensor.
     """
     if isinstance(batch, torch.Tensor):
+        if batch.dim() == 0:
+            raise TypeError("a 0-dim tensor holds no samples")
         return batch.shape[0]
     values = batch if isinstance(batch, (tuple, list)) else batch.values() if isinstance(batch, Mapping) else ()
     for value in values:

@@ -280,8 +280,7 @@ class Trainer(EpochLoop):
         if not isinstance(result, Mapping) or (step == "training_step" and "loss" not in result):
             got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
             raise TypeError(f"{step} must return the loss tensor or a dict with a 'loss' entry (got {got})")
-        return {name: value if isinstance(value, torch.Tensor) and value.device == self.device
-                else torch.as_tensor(value, device=self.device) for name, value in result.items()}
+        return {name: _logged(value, self.device) for name, value in result.items()}
 
     # Training.
 
@@ -336,8 +335,7 @@ class Trainer(EpochLoop):
         update = update or last  # the epoch ends mid accumulation round: what was accumulated was applied
         if update and self.lr_scheduler and self.lr_scheduler.interval == "step":
             self.lr_scheduler.step()
-        logs = {name: value.detach() if value.requires_grad else value for name, value in logs.items()}
-        outcome = StepOutcome(logs["loss"], update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
+        outcome = StepOutcome(logs["loss"].detach(), update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
         return outcome, logs, int(global_size), last
 
     def _run_training_step(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -499,6 +497,17 @@ def _takes_two_arguments(step: Callable[..., Any]) -> bool:
     return sum(p.kind in positional for p in parameters) >= 2
 
 
+def _logged(value: Any, device: torch.device) -> torch.Tensor:
+    """A value a step returned to log, as a tensor on ``device`` that no later in-place update changes: a result
+    the step computed (a ``grad_fn`` and storage of its own) as it is; a parameter or a view of one, a buffer or
+    a tensor held elsewhere, copied now (the epoch's sums read it later)."""
+    if not isinstance(value, torch.Tensor) or value.device != device:
+        return torch.as_tensor(value, device=device)
+    if value.grad_fn is not None and not value._is_view():
+        return value
+    return value.detach().clone()
+
+
 class _WeightedSums:
     """Per-name sums of batch values weighted by batch size, kept on the device: a batch costs a list append
     per value, and every ``FOLD`` batches fold into one float64 tensor per name (few tensors held)."""
@@ -512,13 +521,17 @@ class _WeightedSums:
         self._folded: dict[str, torch.Tensor] = {}
 
     def add(self, logs: Mapping[str, torch.Tensor], weight: int) -> None:
-        """Add one batch's values (detached tensors), each weighted by ``weight`` samples."""
+        """Add one batch's values (scalar tensors), each weighted by ``weight`` samples."""
         for name, value in logs.items():
             values = self._values.setdefault(name, [])
-            values.append(value)
+            values.append(self._kept(value))
             self._weights.setdefault(name, []).append(float(weight))
             if len(values) == self.FOLD:
                 self._fold(name)
+
+    def _kept(self, value: torch.Tensor) -> torch.Tensor:
+        kept = value.detach() if value.requires_grad else value
+        return kept if kept.device == self._device else kept.to(self._device)
 
     def totals(self) -> dict[str, torch.Tensor]:
         """``{name: sum of weight * value}`` as float64 scalar tensors, in first-seen order."""

@@ -86,7 +86,7 @@ class OptimizerUpdate:
         """Start summing the round's losses over the ranks: the sum is finite when every loss was (NaN and
         inf stay in a sum). No op on the way for a round of one batch."""
         losses = self._losses or [torch.zeros((), device=self._device)]
-        total = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        total = losses[0] if len(losses) == 1 else torch.stack(losses).float().sum()
         return self.backend.start_sum(total.float(), self._flag_name)  # float32: every wire has it
 
     def _bad_rank(self, check: Any) -> int:

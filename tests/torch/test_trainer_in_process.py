@@ -136,3 +136,41 @@ def test_the_non_finite_guard_agrees_once_per_step_not_once_per_accumulated_batc
     trainer.fit()
     assert trainer.ctx.global_step == 32 // passes
     assert backend.agreements == 2  # the epochs' ends; each step's own check rides on its gradients
+
+
+def test_a_logged_parameter_is_averaged_as_it_was_at_each_batch_not_as_it_ends():
+    """Logged values are kept per batch until the epoch's one read: a parameter the optimizer then changes
+    in place must count with its value at its batch."""
+    torch.manual_seed(0)
+    model = nn.Linear(10, 2)
+    bias = model.bias
+    seen = []
+
+    def step(batch):
+        seen.append(float(bias[0].detach()))
+        return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1]), "bias": bias[0]}
+
+    run = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), training_step=step, train_data=tensors(0),
+                     batch_size=40, epochs=1, backend=ht.SerialBackend(), progress=False)
+    history = run.fit()
+    assert len(seen) == 3 and seen[0] != seen[-1]
+    assert history[0]["bias"] == pytest.approx(sum(seen) / 3, rel=1e-6)
+
+
+def test_a_batch_that_starts_with_a_scalar_is_counted_by_its_first_tensor_with_samples():
+    x, y = tensors(0)
+    scale = torch.tensor(2.0)
+    counted = []
+
+    class Count(Callback):
+        def on_batch_end(self, ctx):
+            counted.append(ctx.sample_count)
+
+    model = nn.Linear(10, 2)
+    batches = [(scale, x[i:i + 30], y[i:i + 30]) for i in range(0, 120, 30)]
+    run = ht.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                     train_data=torch.utils.data.DataLoader(batches, batch_size=None),
+                     training_step=lambda b: nn.functional.cross_entropy(model(b[1] * b[0]), b[2]),
+                     backend=ht.SerialBackend(), progress=False, callbacks=[Count()])
+    run.fit()
+    assert counted == [30, 60, 90, 120]
