@@ -210,6 +210,15 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def unavailable_reason(text: str) -> str | None:
+    """The reason a worker gave (a ``UNAVAILABLE_MARKER`` line) for not being able to run, if it gave one."""
+    for line in text.splitlines():
+        pos = line.find(UNAVAILABLE_MARKER)
+        if pos >= 0:
+            return line[pos + len(UNAVAILABLE_MARKER):].strip()
+    return None
+
+
 def parse_results(text: str) -> list[dict[str, Any]]:
     """Every result line in a launcher's combined output.
 
@@ -296,6 +305,17 @@ def parameter_count(model: str) -> int:
 
 #: The overhead benchmark's tiny model (``benchmarks.overhead``): inputs and hidden units; NUM_CLASSES outputs.
 TINY_FEATURES = TINY_HIDDEN = 32
+
+
+#: Set by ``benchmarks.overhead --compare-with``: the checkout whose ``hvdtrain`` an overhead worker imports.
+COMPARED_CHECKOUT_ENV = "HVDTRAIN_BENCH_SOURCE"
+
+
+def import_hvdtrain_from_compared_checkout() -> None:
+    """Put ``COMPARED_CHECKOUT_ENV``'s checkout first on ``sys.path`` (call once ``benchmarks`` is imported, so
+    only ``hvdtrain`` comes from there)."""
+    if os.environ.get(COMPARED_CHECKOUT_ENV):
+        sys.path.insert(0, os.environ[COMPARED_CHECKOUT_ENV])
 
 
 def add_overhead_args(parser: argparse.ArgumentParser) -> None:

@@ -23,9 +23,8 @@ from typing import Any
 
 from benchmarks import launch as launching
 from benchmarks import sysinfo
+from benchmarks.common import COMPARED_CHECKOUT_ENV, unavailable_reason
 
-#: Set by ``--compare-with``: the checkout whose ``hvdtrain`` package a worker imports instead of this one.
-SOURCE_ENV = "HVDTRAIN_BENCH_SOURCE"
 RESULTS = launching.REPO / "benchmarks" / "results"
 DOCS = launching.REPO / "docs"
 #: (group, key, the most overhead allowed, what it means): issue 23's goals.
@@ -50,7 +49,7 @@ class Case:
 
     def launch(self, epochs: int, samples: int) -> launching.Launch:
         args = [*self.args, "--epochs", str(epochs), "--samples-per-rank", str(samples), "--variant", self.key]
-        env = {SOURCE_ENV: self.source} if self.source else {}
+        env = {COMPARED_CHECKOUT_ENV: self.source} if self.source else {}
         return launching.Launch(self.launcher, self.np, launching.WORKERS / self.script, args, env)
 
 
@@ -124,20 +123,11 @@ def run_case(case: Case, epochs: int, samples: int, timeout: float) -> dict[str,
     outcome = launching.run(case.launch(epochs, samples), timeout)
     rank0 = outcome.rank0()
     if rank0 is None:
-        reason = launching_reason(outcome.tail)
-        return {"status": reason or "failed", "error": "" if reason else outcome.tail[-1500:]}
+        reason = unavailable_reason(outcome.tail)
+        return {"status": f"not available: {reason}" if reason else "failed",
+                "error": "" if reason else outcome.tail[-1500:]}
     return {"status": "ok", "us_per_step": statistics.median(rank0["us_per_step"]),
             "epochs_us_per_step": rank0["us_per_step"], "foreign_cpu": outcome.foreign_cpu}
-
-
-def launching_reason(tail: str) -> str | None:
-    """A worker's "not available" reason, if it printed one."""
-    from benchmarks.common import UNAVAILABLE_MARKER
-
-    for line in tail.splitlines():
-        if UNAVAILABLE_MARKER in line:
-            return "not available: " + line.split(UNAVAILABLE_MARKER, 1)[1].strip()
-    return None
 
 
 def measure(cases: list[Case], rounds: int, epochs: int, samples: int, timeout: float) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks import launch as launching
 from benchmarks import matrix, report, sysinfo
-from benchmarks.common import UNAVAILABLE_MARKER
+from benchmarks.common import unavailable_reason
 
 DOCS = launching.REPO / "docs"
 RESULTS = launching.REPO / "benchmarks" / "results"
@@ -146,20 +146,11 @@ def _record(outcome: launching.Outcome, common: dict[str, Any], parse: Parser) -
     except (KeyError, IndexError, TypeError, ValueError) as error:
         parsed, outcome.tail = None, f"{outcome.tail}\n[unparsable result: {error!r}]"
     if not parsed:
-        reason = _unavailable(outcome.tail)
+        reason = unavailable_reason(outcome.tail)
         if reason:
             return {**record, "status": f"not available: {reason}", "noisy": False}
         return {**record, "status": "failed", "error": outcome.tail[-1500:]}
     return {**record, "status": "ok", "noisy": outcome.foreign_cpu > matrix.NOISY_CORES, **parsed}
-
-
-def _unavailable(text: str) -> str | None:
-    """The reason a worker gave for not being able to run, if it gave one."""
-    for line in text.splitlines():
-        pos = line.find(UNAVAILABLE_MARKER)
-        if pos >= 0:
-            return line[pos + len(UNAVAILABLE_MARKER):].strip()
-    return None
 
 
 def parse_throughput(outcome: launching.Outcome, independent: bool, model: str) -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ Every rank prints one ``BENCH_RESULT {json}`` line with the microseconds per ste
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,12 @@ from benchmarks.common import (
     TINY_HIDDEN,
     add_overhead_args,
     emit,
+    import_hvdtrain_from_compared_checkout,
     overhead_result,
     set_thread_env,
 )
 
-if os.environ.get("HVDTRAIN_BENCH_SOURCE"):  # --compare-with: another checkout's hvdtrain (benchmarks is imported)
-    sys.path.insert(0, os.environ["HVDTRAIN_BENCH_SOURCE"])
+import_hvdtrain_from_compared_checkout()
 
 
 def parse_args() -> argparse.Namespace:

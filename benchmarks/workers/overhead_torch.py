@@ -31,12 +31,12 @@ from benchmarks.common import (
     UNAVAILABLE_MARKER,
     add_overhead_args,
     emit,
+    import_hvdtrain_from_compared_checkout,
     overhead_result,
     set_thread_env,
 )
 
-if os.environ.get("HVDTRAIN_BENCH_SOURCE"):  # --compare-with: another checkout's hvdtrain (benchmarks is imported)
-    sys.path.insert(0, os.environ["HVDTRAIN_BENCH_SOURCE"])
+import_hvdtrain_from_compared_checkout()
 
 LOOPS = ("hand", "hvdtrain", "lightning", "accelerate")
 

@@ -335,8 +335,9 @@ class Trainer(EpochLoop):
         update = update or last  # the epoch ends mid accumulation round: what was accumulated was applied
         if update and self.lr_scheduler and self.lr_scheduler.interval == "step":
             self.lr_scheduler.step()
-        outcome = StepOutcome(logs["loss"].detach(), update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
-        return outcome, logs, int(global_size), last
+        loss = logs["loss"].detach()
+        outcome = StepOutcome(loss, update, nonfinite_checked=checked, nonfinite_rank=bad_rank)
+        return outcome, {**logs, "loss": loss}, int(global_size), last
 
     def _run_training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The user's step; in automatic mode the Trainer runs backward and step for it."""

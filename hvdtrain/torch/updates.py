@@ -86,8 +86,9 @@ class OptimizerUpdate:
         """Start summing the round's losses over the ranks: the sum is finite when every loss was (NaN and
         inf stay in a sum). No op on the way for a round of one batch."""
         losses = self._losses or [torch.zeros((), device=self._device)]
-        total = losses[0] if len(losses) == 1 else torch.stack(losses).float().sum()
-        return self.backend.start_sum(total.float(), self._flag_name)  # float32: every wire has it
+        # float32: every wire has it, and a round of float16 losses could overflow its own sum.
+        total = losses[0].float() if len(losses) == 1 else torch.stack(losses).float().sum()
+        return self.backend.start_sum(total, self._flag_name)
 
     def _bad_rank(self, check: Any) -> int:
         """The highest rank whose loss was not finite, or -1; looked for only when the losses' sum was not
