@@ -7,7 +7,7 @@ HOROVODRUN ?= $(VENV)/bin/horovodrun
 BENCH_GPU_ARGS ?=  # e.g. --steps 20 --output $$OUT/performance-gpu.md (python -m benchmarks.gpu --help)
 NP ?= 2
 
-.PHONY: setup test test-gpu unit parallel lint demo bench bench-setup bench-gpu gpu-carry clean doctor slurm-up slurm-down
+.PHONY: setup test test-docker test-gpu unit parallel lint demo bench bench-setup bench-gpu gpu-carry clean doctor slurm-up slurm-down
 
 # Every target that runs something first brings the environment up to date: `make setup` runs again
 # when one of its inputs is newer than the stamp it leaves (and on a fresh clone, which has none).
@@ -28,16 +28,19 @@ $(STAMP): $(SETUP_INPUTS)
 	$(MAKE) --no-print-directory setup
 
 test: $(STAMP) lint  ## the whole suite: lint, unit tests, multi-process tests under horovodrun/mpirun (GPU tests deselected)
-	$(PY) -m pytest tests -m "not gpu"
+	$(PY) -m pytest tests -m "not gpu and not docker"
+
+test-docker: $(STAMP)  ## as root: build docker/Dockerfile.cpu on a private Docker engine, train in one container and across two over sshd
+	$(PY) -m pytest tests/docker -m docker
 
 test-gpu: $(STAMP)  ## the GPU suite (needs an NVIDIA GPU and Horovod built with NCCL; fails without them)
 	$(PY) -m pytest tests/gpu -m gpu
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -m "not parallel and not gpu"
+	$(PY) -m pytest tests -m "not parallel and not gpu and not docker"
 
 parallel: $(STAMP)
-	$(PY) -m pytest tests -m "parallel and not gpu"
+	$(PY) -m pytest tests -m "parallel and not gpu and not docker"
 
 lint: $(STAMP)  ## ruff on Python, hadolint on every Dockerfile (docker/ and templates)
 	$(VENV)/bin/ruff check hvdtrain tests examples benchmarks

@@ -19,34 +19,9 @@ PACKAGES=(slurm-wlm munge)
 COMMANDS=(slurmctld slurmd sinfo sbatch munged)
 WAIT_SECONDS=${HVDTRAIN_SLURM_WAIT:-60}
 
-say() { echo "[slurm] $*"; }
-die() { echo "[slurm] error: $*" >&2; exit 1; }
-
-need_root() {
-  [ "$(id -u)" -eq 0 ] || die "run as root (sudo make slurm-$1): it installs packages and starts system daemons"
-}
-
-# True when process $1 runs and its command name is $2 (a recycled PID does not count). A process
-# counts until its last thread has exited: a daemon's main thread may end before its others do.
-alive() {
-  [ "$(cat "/proc/${1:-none}/comm" 2>/dev/null)" = "$2" ] || return 1
-  local task stat
-  for task in /proc/"$1"/task/*; do
-    stat=$(cat "$task/stat" 2>/dev/null) || continue
-    stat=${stat##*) }
-    [ "${stat%% *}" = Z ] || return 0
-  done
-  return 1
-}
-
-# The PID of a running process named $1 (zombies aside), if any.
-running_pid() {
-  local pid
-  for pid in $(pgrep -x "$1"); do
-    if alive "$pid" "$1"; then echo "$pid"; return 0; fi
-  done
-  return 1
-}
+TAG=slurm
+# shellcheck source=lib/daemons.sh
+source "$(dirname "$0")/lib/daemons.sh"
 
 install_missing() {
   local missing=() command
@@ -54,19 +29,7 @@ install_missing() {
     command -v "$command" >/dev/null || missing=("${PACKAGES[@]}")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]} (apt-get, about a minute)"
-  # Keep the packages' own init scripts from starting daemons this script would not know about.
-  local guard=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    guard=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' > "$guard" && chmod 755 "$guard"
-  fi
-  local status=0
-  { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-      || { apt-get update && DEBIAN_FRONTEND=noninteractive \
-             apt-get install -y --no-install-recommends "${missing[@]}"; }; } || status=$?
-  [ -z "$guard" ] || rm -f "$guard"
-  [ "$status" -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $status); see its output above"
+  apt_install "${missing[@]}"
 }
 
 write_config() {
@@ -160,15 +123,6 @@ start_daemon() {
   record "$name" "$(cat "$pidfile")"
 }
 
-# wait_for WHAT COMMAND SECONDS: poll COMMAND every 0.5 s until it succeeds.
-wait_for() {
-  local what=$1 check=$2 deadline=$((SECONDS + $3))
-  until eval "$check"; do
-    [ $SECONDS -lt "$deadline" ] || die "gave up waiting for $what after $3 s; logs: $STATE/*.log"
-    sleep 0.5
-  done
-}
-
 node_state() { sinfo -h -N -n "$(node_name)" -o %T 2>/dev/null | head -n 1; }
 
 node_usable() { case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac; }
@@ -209,19 +163,6 @@ status() {
   done < "$STARTED"
   node_usable || { echo "node $(node_name) is '$(node_state)', not usable"; return 1; }
   echo "up: node $(node_name) is $(node_state)"
-}
-
-# stop_pid NAME PID: SIGTERM, and SIGKILL if it is still there 20 s later.
-stop_pid() {
-  local name=$1 pid=$2 deadline=$((SECONDS + 20))
-  kill -TERM "$pid" 2>/dev/null || true
-  while alive "$pid" "$name" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-  if alive "$pid" "$name"; then
-    kill -KILL "$pid" 2>/dev/null || true
-    say "killed $name (pid $pid): it ignored SIGTERM for 20 s"
-  else
-    say "stopped $name (pid $pid)"
-  fi
 }
 
 down() {

@@ -133,14 +133,16 @@ def make_input(data: Any, rank: int, size: int, batch_size: int, *, shuffle: boo
     if isinstance(data, DataLoader):
         return _from_loader(data, rank, size, seed)
     if isinstance(data, IterableDataset):
-        return StreamingInput(DataLoader(data, batch_size=batch_size, num_workers=num_workers,
-                                         pin_memory=pin_memory))
+        # Workers forked per epoch: a kept worker would hold a copy of the dataset that misses set_epoch.
+        return StreamingInput(DataLoader(data, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory))
     sampler = DistributedBatchSampler(dataset_length(data), rank, size, batch_size, shuffle=shuffle, seed=seed)
     tensors = as_tensors(data)
     if tensors is not None:
         return ShardedInput(TensorBatches(tensors, sampler, device), sampler)
-    return ShardedInput(DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory),
-                        sampler)
+    # Workers forked once and kept (the sampler runs here): a fork of a process running MPI and Horovod's
+    # threads costs time and risks a child that inherits a held lock.
+    return ShardedInput(DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                                   persistent_workers=num_workers > 0), sampler)
 
 
 def _from_loader(loader: DataLoader, rank: int, size: int, seed: int) -> ShardedInput | StreamingInput:

@@ -59,8 +59,9 @@ def test_dockerfile_uses_the_pins_and_the_shared_build_script(image):
 
 def test_base_images_are_pinned_to_python_311():
     cpu, gpu = (DOCKERFILES[name].read_text() for name in ("cpu", "gpu"))
-    assert re.search(r"^FROM python:3\.11-slim-bookworm$", cpu, re.M)
-    base = dockerfile_args(DOCKERFILES["gpu"])["CUDA_IMAGE"]
+    assert dockerfile_args(DOCKERFILES["cpu"])["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert all(re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M) for text in (cpu, gpu))
+    base = dockerfile_args(DOCKERFILES["gpu"])["BASE_IMAGE"]
     assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-devel-ubuntu\d\d\.\d\d", base), base
     assert "python3.11 -m venv" in gpu
     assert "HOROVOD_GPU_OPERATIONS=NCCL" in gpu

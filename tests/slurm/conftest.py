@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.helpers import SCRIPT, STATE, SlurmCluster, cancel_jobs_left
+from tests.slurm.helpers import SCRIPT, STATE, SlurmCluster, cancel_jobs
 
 
 def _script(command: str, timeout: float) -> subprocess.CompletedProcess:
@@ -32,7 +32,20 @@ def slurm() -> Iterator[SlurmCluster]:
                         f"{up.stdout[-3000:]}\n{up.stderr[-3000:]}", pytrace=False)
     cluster = SlurmCluster.read()
     yield cluster
-    cancel_jobs_left(cluster)
+    cancel_jobs(cluster.submitted)
     if started_here:
         down = _script("down", timeout=120)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.fixture(autouse=True)
+def _cancel_this_tests_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Jobs a test submitted are cancelled when it ends, so one test's stuck job cannot hold the node
+    (and fail the next test) until the session ends."""
+    if "slurm" not in request.fixturenames:
+        yield
+        return
+    cluster: SlurmCluster = request.getfixturevalue("slurm")
+    before = len(cluster.submitted)
+    yield
+    cancel_jobs(cluster.submitted[before:])

@@ -60,9 +60,10 @@ class SlurmCluster:
         text = slurm_command("scontrol", "show", "job", "-o", job_id)
         return dict(token.split("=", 1) for token in text.split() if "=" in token)
 
-    def wait(self, job_id: str, done: Callable[[dict[str, str]], bool], timeout: float, what: str
-             ) -> dict[str, str]:
-        """Poll the job until ``done(job)``; AssertionError naming ``what`` and the job's state at the timeout."""
+    def wait(self, job_id: str, done: Callable[[dict[str, str]], bool], timeout: float, what: str,
+             log: Path | None = None) -> dict[str, str]:
+        """Poll the job until ``done(job)``; AssertionError naming ``what``, the job's state and the end of
+        its ``log`` at the timeout."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
@@ -70,18 +71,19 @@ class SlurmCluster:
                 return job
             assert time.monotonic() < deadline, (
                 f"job {job_id}: no {what} after {timeout:g} s; JobState={job.get('JobState')} "
-                f"Reason={job.get('Reason')} Restarts={job.get('Restarts')}")
+                f"Reason={job.get('Reason')} Restarts={job.get('Restarts')}"
+                + (f"\nits log ends:\n{log_tail(log)}" if log is not None else ""))
             time.sleep(0.2)
 
-    def wait_finished(self, job_id: str, timeout: float) -> dict[str, str]:
+    def wait_finished(self, job_id: str, timeout: float, log: Path | None = None) -> dict[str, str]:
         """Wait until the job completed, failed or was cancelled."""
-        return self.wait(job_id, lambda job: job.get("JobState") in FINISHED, timeout, "end")
+        return self.wait(job_id, lambda job: job.get("JobState") in FINISHED, timeout, "end", log)
 
 
-def cancel_jobs_left(cluster: SlurmCluster) -> None:
-    """scancel every submitted job that is still queued or running (a failed test leaves none behind)."""
-    if cluster.submitted:
-        subprocess.run(["scancel", *cluster.submitted], capture_output=True, timeout=COMMAND_TIMEOUT)
+def cancel_jobs(job_ids: list[str]) -> None:
+    """scancel those of ``job_ids`` still queued or running (a failed test leaves none behind)."""
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=COMMAND_TIMEOUT)
 
 
 def final_accuracy(log: str) -> float | None:

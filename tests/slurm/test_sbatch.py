@@ -36,8 +36,8 @@ def test_generated_batch_script_trains_as_it_is(slurm, tmp_path, framework):
 
     started = time.monotonic()
     job_id = slurm.submit("team/slurm/train.sbatch", cwd=tmp_path)  # from outside the project, no edits
-    job = slurm.wait_finished(job_id, JOB_TIMEOUT)
     log = tmp_path / f"team-{job_id}.out"
+    job = slurm.wait_finished(job_id, JOB_TIMEOUT, log)
     assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), log_tail(log)
 
     text = log.read_text()
@@ -55,14 +55,14 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path, framework):
     project = new_project(tmp_path, framework)
     checkpoints = project / "runs" / "checkpoints"
     job_id = slurm.submit("team/slurm/train.sbatch", cwd=tmp_path)
+    log = tmp_path / f"team-{job_id}.out"
 
     # Requeue while it trains: after its first checkpoint, long before its 20th epoch.
     slurm.wait(job_id, lambda job: job["JobState"] == "RUNNING" and any(checkpoints.glob("*.ckpt")),
-               JOB_TIMEOUT, "checkpoint")
+               JOB_TIMEOUT, "checkpoint", log)
     requeued_at = time.monotonic()
     slurm_command("scontrol", "requeue", job_id)
-    job = slurm.wait_finished(job_id, JOB_TIMEOUT)
-    log = tmp_path / f"team-{job_id}.out"
+    job = slurm.wait_finished(job_id, JOB_TIMEOUT, log)
     text = log.read_text()
     assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "1"), log_tail(log)
 
@@ -84,8 +84,8 @@ def test_hvdtrain_run_takes_workers_and_hosts_from_the_allocation(slurm, tmp_pat
     job_id = slurm.submit("--nodes=1", "--ntasks-per-node=2", "--output=alloc-%j.out", "--wrap",
                           "hvdtrain run --dry-run worker.py; hvdtrain run worker.py; "
                           "hvdtrain run -np 3 worker.py; echo status=$?", cwd=tmp_path)
-    job = slurm.wait_finished(job_id, 90)
     log = tmp_path / f"alloc-{job_id}.out"
+    job = slurm.wait_finished(job_id, 90, log)
     text = log.read_text()
     assert job["JobState"] == "COMPLETED", log_tail(log)
     dry_run = next(line for line in text.splitlines() if re.match(r"^\S*mpirun ", line))

@@ -60,6 +60,30 @@ def test_a_standard_dataloader_is_resharded_and_a_custom_sampler_is_streamed(cap
     assert [has_next for _, has_next in streamed] == [True, True, False]
 
 
+class WhereRead(Dataset):
+    """Sample i is (i, the process that read it)."""
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, index):
+        import os
+        return torch.tensor(index), torch.tensor(os.getpid())
+
+
+def test_a_dataset_read_by_loader_workers_forks_them_once_and_reshuffles_every_epoch():
+    data = make_input(WhereRead(), rank=0, size=1, batch_size=8, shuffle=True, seed=0, num_workers=1)
+    epochs = []
+    for epoch in range(2):
+        data.set_epoch(epoch, 0, 0)
+        batches = [batch for batch, _ in data]
+        epochs.append((torch.cat([index for index, _ in batches]).tolist(),
+                       set(torch.cat([pid for _, pid in batches]).tolist())))
+    (first, readers), (second, readers_again) = epochs
+    assert sorted(first) == sorted(second) == list(range(24)) and first != second
+    assert len(readers) == 1 and readers == readers_again  # one worker process, kept for the next epoch
+
+
 def test_an_iterable_dataset_trains_and_resumes_its_stream_where_it_stopped():
     trainer, history = train(Rows())
     assert trainer.ctx.global_step == 2 * 7 and trainer.ctx.steps_per_epoch is None

@@ -33,12 +33,15 @@ def load_data(seed: int, batch_size: int) -> tuple[DataLoader, DataLoader]:
 
     Every worker builds the same loaders; the Trainer swaps in its distributed sampler, so each
     worker reads its own shard (with this loader's workers, collate_fn and other settings).
+    The loader processes are forked once and kept (persistent_workers): a fork per epoch costs time,
+    and every fork of a process that runs MPI and Horovod's threads risks a child that inherits a held lock.
     """
     (x_train, y_train), (x_val, y_val) = digits(seed)
     train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     val = TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val))
-    return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=1),
-            DataLoader(val, batch_size=batch_size, num_workers=1))
+    workers = {"num_workers": 1, "persistent_workers": True}
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, **workers),
+            DataLoader(val, batch_size=batch_size, **workers))
 
 
 def build_model() -> nn.Module:
