@@ -31,7 +31,7 @@ test: $(STAMP) lint  ## the whole suite: lint, unit tests, multi-process tests u
 	$(PY) -m pytest tests -m "not gpu and not docker"
 
 test-docker: $(STAMP)  ## as root: build docker/Dockerfile.cpu on a private Docker engine, train in one container and across two over sshd
-	$(PY) -m pytest tests/docker -m docker
+	$(PY) -m pytest tests/docker -m docker -s
 
 test-gpu: $(STAMP)  ## the GPU suite (needs an NVIDIA GPU and Horovod built with NCCL; fails without them)
 	$(PY) -m pytest tests/gpu -m gpu
