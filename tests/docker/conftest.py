@@ -32,6 +32,7 @@ def engine() -> Iterator[Engine]:
         yield docker
     finally:
         docker.remove_all()
+        docker.run("image", "prune", "-f", check=False)  # earlier builds' untagged images; the cache stays
         if started_here:
             down = script("down", timeout=120)
             assert down.returncode == 0, down.stdout + down.stderr
