@@ -54,15 +54,27 @@ status() {
 up() {
   need_root up
   if status >/dev/null 2>&1; then say "already up: $(status)"; return 0; fi
+  if [ -s "$PIDFILE" ] && alive "$(cat "$PIDFILE")" dockerd; then
+    # Ours, but not answering: stop it rather than start a second daemon on the same data root.
+    stop_pid dockerd "$(cat "$PIDFILE")" 30
+  fi
   install_missing
   mkdir -p "$STATE" "$DATA"
   rm -f "$PIDFILE" "$SOCKET"
-  # No default bridge and no iptables rules: containers get addresses only on the networks the tests
-  # create (inside 198.18.0.0/15), and this host's firewall is left as it is.
-  setsid dockerd --bridge=none --iptables=false --ip-masq=false \
+  echo '{}' > "$STATE/daemon.json"  # not /etc/docker/daemon.json: a system engine's settings stay its own
+  # No default bridge, no iptables rules, no IP forwarding: containers get addresses only on the networks
+  # the tests create (inside 198.18.0.0/15), and this host's firewall and routing are left as they are.
+  # Its own containerd namespace keeps its containers apart from a system engine's.
+  setsid dockerd --config-file "$STATE/daemon.json" --bridge=none --iptables=false --ip-masq=false \
+    --ip-forward=false --containerd-namespace hvdtrain --containerd-plugins-namespace hvdtrain-plugins \
     --data-root "$DATA" --exec-root "$STATE/exec" -H "unix://$SOCKET" --pidfile "$PIDFILE" \
     >> "$STATE/dockerd.log" 2>&1 < /dev/null &
-  wait_for "dockerd to answer on $SOCKET" answers "$WAIT_SECONDS"
+  local started=$!
+  if ! poll answers "$WAIT_SECONDS"; then
+    stop_pid dockerd "$started" 30
+    tail -20 "$STATE/dockerd.log" >&2
+    die "dockerd did not answer on $SOCKET within $WAIT_SECONDS s; its log: $STATE/dockerd.log"
+  fi
   say "started dockerd (pid $(cat "$PIDFILE")); images in $DATA; stop it with: $0 down"
 }
 
@@ -76,8 +88,13 @@ down() {
   rm -rf "$STATE"
 }
 
-# The key of the base image's inputs: a changed suite, package list or mirror makes a new one.
-base_key() { echo "debootstrap --variant=minbase --include=$BASE_PACKAGES $BASE_SUITE $BASE_MIRROR" | sha256sum | cut -c1-16; }
+BASE_CHANGES=("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8" 'CMD ["bash"]')
+
+# The key of the base image's inputs: a changed suite, package list, mirror or image setting makes a new one.
+base_key() {
+  echo "debootstrap --variant=minbase --include=$BASE_PACKAGES $BASE_SUITE $BASE_MIRROR ${BASE_CHANGES[*]}" \
+    | sha256sum | cut -c1-16
+}
 
 base() {
   answers || die "no engine on $SOCKET: run $0 up first"
@@ -94,8 +111,7 @@ base() {
     > "$root.log" 2>&1 || { tail -20 "$root.log" >&2; die "debootstrap failed; its log: $root.log"; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   tar -C "$root" -c . | docker_ import --change "LABEL hvdtrain.base.key=$key" \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
-    --change 'CMD ["bash"]' - "$BASE_IMAGE" >/dev/null
+    --change "${BASE_CHANGES[0]}" --change "${BASE_CHANGES[1]}" - "$BASE_IMAGE" >/dev/null
   rm -f "$root.log"
   say "made $BASE_IMAGE in $((SECONDS - began)) s (key $key)"
 }

@@ -91,7 +91,9 @@ class Trainer(EpochLoop):
             ``hvdtrain.torch.SerialBackend()`` trains in this process alone.
         device: where the model trains; default ``cuda:<local_rank>`` with CUDA, else the CPU. The
             model is moved there before the initial broadcast, and each batch as it is used.
-        num_workers: DataLoader worker processes for a Dataset hvdtrain wraps in a DataLoader.
+        num_workers: DataLoader worker processes for a Dataset hvdtrain wraps in a DataLoader. For a
+            map-style Dataset they are started once and kept for every epoch (``persistent_workers``),
+            so they hold the copy of the Dataset made at the first epoch.
         options: the ``TrainingOptions`` (epochs, batch size, LR warmup, checkpoints, ...).
         **overrides: any ``TrainingOptions`` field, overriding ``options``.
     """
@@ -146,6 +148,7 @@ class Trainer(EpochLoop):
                                        for name, each in by_name(self.optimizer).items()}, self.precision)
         self.train_data = train_data
         self.train_input = self._input(train_data, shuffle=True)
+        self._val_input: tuple[Any, ShardedInput | StreamingInput] | None = None  # (val_data, its input), kept
         if self.layout.parts > 1 and self.train_input.streaming:
             raise TypeError("a pipeline's stages (or a tensor group's slices) must each read the same batches: give "
                             "tensors, a Dataset or a DataLoader with a standard sampler (hvdtrain shards them), not "
@@ -232,6 +235,7 @@ class Trainer(EpochLoop):
         self.optimizer.zero_grad()
         self.opt.reset()
         self.train_input = self._input(self.train_data, shuffle=True)
+        self._val_input = None
         if self.lr_scheduler:
             self.lr_scheduler.scale = self._lr_scale(self.options)
 
@@ -396,7 +400,7 @@ class Trainer(EpochLoop):
         self.model.eval()
         sums = _WeightedSums(self.device)
         count = 0
-        for batch, _ in self._input(data, shuffle=False):
+        for batch, _ in self._evaluation_input(data):
             batch = to_device(batch, self.device)
             local = batch_len(batch)
             logs = self._evaluate_batch(batch, local)
@@ -410,6 +414,14 @@ class Trainer(EpochLoop):
                               for n in names]).tolist() if names else []
         totals = self.backend.allreduce_sum([*values, count])
         return {f"val_{name}": total / max(totals[-1], 1) for name, total in zip(names, totals[:-1])}
+
+    def _evaluation_input(self, data: Any) -> ShardedInput | StreamingInput:
+        """The input of ``data``; the validation data's is kept, so its loader workers live across epochs."""
+        if data is not self.val_data:
+            return self._input(data, shuffle=False)
+        if self._val_input is None or self._val_input[0] is not data:
+            self._val_input = (data, self._input(data, shuffle=False))
+        return self._val_input[1]
 
     def _evaluate_batch(self, batch: Any, local: int) -> dict[str, torch.Tensor] | None:
         if self.pipeline is None:

@@ -47,13 +47,18 @@ apt_install() {
   [ "$status" -eq 0 ] || die "apt-get install $* failed (exit $status); see its output above"
 }
 
-# wait_for WHAT COMMAND SECONDS: poll COMMAND every 0.5 s until it succeeds.
-wait_for() {
-  local what=$1 check=$2 deadline=$((SECONDS + $3))
+# poll COMMAND SECONDS: run COMMAND every 0.5 s until it succeeds; false once SECONDS have passed.
+poll() {
+  local check=$1 deadline=$((SECONDS + $2))
   until eval "$check"; do
-    [ $SECONDS -lt "$deadline" ] || die "gave up waiting for $what after $3 s; logs: $STATE/*.log"
+    [ $SECONDS -lt "$deadline" ] || return 1
     sleep 0.5
   done
+}
+
+# wait_for WHAT COMMAND SECONDS: poll COMMAND, and fail naming WHAT if it never succeeds.
+wait_for() {
+  poll "$2" "$3" || die "gave up waiting for $1 after $3 s; logs: $STATE/*.log"
 }
 
 # stop_pid NAME PID [SECONDS]: SIGTERM, and SIGKILL if it is still there SECONDS (default 20) later.

@@ -1,7 +1,6 @@
 """The private Docker engine, the CPU image built on it, and a network inside 198.18.0.0/15."""
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,9 @@ import pytest
 from tests.docker.helpers import BASE_IMAGE, REPO, Engine, local_pip_sources, script
 
 CPU_IMAGE = "hvdtrain:cpu"
+# pytest-timeout counts the session fixtures in the first test that uses them: engine, base and an uncached
+# build take about 10 minutes here (docs/docker.md); every test's bound leaves room for them.
+SETUP_BUDGET = 2400
 BRIDGE_NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
 
@@ -21,9 +23,11 @@ def engine() -> Iterator[Engine]:
     if started_here:
         up = script("up", timeout=600)
         if up.returncode != 0:
+            script("down", timeout=120)
             pytest.fail(f"the Docker engine did not start (scripts/docker_local.sh up, exit {up.returncode}):\n"
                         f"{up.stdout[-3000:]}\n{up.stderr[-3000:]}", pytrace=False)
     docker = Engine.read()
+    docker.remove_all()  # what a killed session left
     try:
         base = script("base", timeout=900)
         if base.returncode != 0:
@@ -62,11 +66,12 @@ def network(engine: Engine) -> Iterator[str]:
     Bridged traffic must not go through this host's iptables (a FORWARD policy of DROP left by another
     daemon would drop it silently), so bridge-nf-call-iptables is 0 while it exists, then restored.
     """
+    name = engine.create_network("hvdtrain-test")  # may load br_netfilter, so the setting is read after it
     before = BRIDGE_NETFILTER.read_text().strip() if BRIDGE_NETFILTER.exists() else None
     if before not in (None, "0"):
         BRIDGE_NETFILTER.write_text("0")
     try:
-        yield engine.create_network(f"hvdtrain-test-{int(time.time())}")
+        yield name
     finally:
         if before not in (None, "0"):
             BRIDGE_NETFILTER.write_text(before)

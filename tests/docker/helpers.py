@@ -6,6 +6,7 @@ served over HTTP on 127.0.0.1 for the build; its CA bundle as the ``pip_cert`` s
 """
 from __future__ import annotations
 
+import ast
 import http.server
 import os
 import re
@@ -26,6 +27,7 @@ BASE_IMAGE = "hvdtrain-base:bookworm-python3.11"
 NETWORK_SUBNET = "198.18.20.0/24"  # inside 198.18.0.0/15, the test range of the multi-host tests
 BUILD_TIMEOUT = 3600
 COMMAND_TIMEOUT = 300
+TEST_LABEL = "hvdtrain.test=1"  # on every container and network the tests make
 PIP_SOURCES_PORT = int(os.environ.get("HVDTRAIN_PIP_SOURCES_PORT", "47391"))
 
 
@@ -81,21 +83,31 @@ class Engine:
     def start(self, *args: str, name: str) -> str:
         """``docker run -d --name NAME ARGS``; the container is removed by ``remove_all``."""
         self.containers.append(name)
-        self.run("run", "-d", "--name", name, *args)
+        self.run("run", "-d", "--name", name, "--label", TEST_LABEL, *args)
         return name
 
+    def run_container(self, *args: str, name: str, timeout: float) -> subprocess.CompletedProcess:
+        """``docker run --rm --name NAME ARGS`` to its end; removed also when the client is killed on a timeout."""
+        self.containers.append(name)
+        try:
+            return self.run("run", "--rm", "--name", name, "--label", TEST_LABEL, *args, timeout=timeout, check=False)
+        finally:
+            self.run("rm", "-f", "-v", name, check=False)
+
     def create_network(self, name: str, subnet: str = NETWORK_SUBNET) -> str:
-        self.run("network", "rm", name, check=False)
         self.networks.append(name)
-        self.run("network", "create", "--driver", "bridge", "--subnet", subnet, name)
+        self.run("network", "create", "--driver", "bridge", "--subnet", subnet, "--label", TEST_LABEL, name)
         return name
 
     def remove_all(self) -> None:
-        """Remove the containers and networks made through this object (also after a failed test)."""
-        for name in reversed(self.containers):
-            self.run("rm", "-f", "-v", name, check=False)
-        for name in reversed(self.networks):
-            self.run("network", "rm", name, check=False)
+        """Remove the containers and networks of the tests: this session's and any an earlier one left
+        (a killed session's network would hold the test subnet)."""
+        left = self.run("ps", "-aq", "--filter", f"label={TEST_LABEL}", check=False).stdout.split()
+        if left:
+            self.run("rm", "-f", "-v", *left, check=False)
+        networks = self.run("network", "ls", "-q", "--filter", f"label={TEST_LABEL}", check=False).stdout.split()
+        if networks:
+            self.run("network", "rm", *networks, check=False)
         self.containers.clear()
         self.networks.clear()
 
@@ -107,7 +119,7 @@ def describe_build_failure(log: str, dockerfile: Path) -> str:
     """Which step of ``dockerfile`` failed (BuildKit's ``#N [k/n] INSTRUCTION``), with that step's output."""
     steps = {number: (position, text) for number, position, text in _STEP.findall(log)}
     failed = re.findall(r"^#(\d+) ERROR: (.*)$", log, re.M)
-    summary = re.findall(r"^(?:error: )?failed to solve: (.*)$", log, re.M)
+    summary = re.findall(r"^(?:error: |ERROR: )?failed to solve(?: with frontend \S+)?: (.*)$", log, re.M | re.I)
     if failed and failed[-1][0] in steps:
         number, error = failed[-1]
         position, text = steps[number]
@@ -115,22 +127,25 @@ def describe_build_failure(log: str, dockerfile: Path) -> str:
         return (f"{dockerfile.name}: step [{position}] {' '.join(text.split())[:240]} failed ({error[-60:]})\n"
                 f"its output:\n{output}")
     reason = summary[-1] if summary else "see the build's output"
-    return f"{dockerfile.name}: the build failed before any step ran: {reason}\n{log[-3000:]}"
+    return f"{dockerfile.name}: the build failed outside its numbered steps: {reason}\n{log[-3000:]}"
 
 
 # -- this machine's pip sources, for the build ------------------------------------------------------------
 
 
 def pip_config() -> dict[str, str]:
-    """pip's settings here (``pip config list``: files and PIP_* variables), as ``{"global.find-links": ...}``."""
+    """pip's install settings here, as ``{"find-links": ...}``, in pip's precedence: PIP_* variables, then
+    the ``install`` section, then ``global`` (from ``pip config list``, which prints values with repr)."""
     out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
                          timeout=60).stdout
-    settings: dict[str, str] = {}
+    by_section: dict[str, dict[str, str]] = {":env:": {}, "install": {}, "global": {}}
     for line in out.splitlines():
         key, _, value = line.partition("=")
-        key = key.split(":")[-1].lstrip(".")  # ":env:.find-links" -> "find-links"
-        settings.setdefault(key.rsplit(".", 1)[-1], value.strip().strip("'\""))  # listed first: wins
-    return settings
+        section, _, name = key.rpartition(".")
+        section = ":env:" if section.startswith(":env:") else section
+        if section in by_section:
+            by_section[section][name] = " ".join(str(ast.literal_eval(value)).split())
+    return {**by_section["global"], **by_section["install"], **by_section[":env:"]}
 
 
 class _Directories(http.server.SimpleHTTPRequestHandler):
@@ -162,7 +177,7 @@ def local_pip_sources() -> Iterator[tuple[dict[str, str], dict[str, str]]]:
 
     def served(location: str) -> str:
         # An index is served from its parent folder: its pages link to files with relative paths (../../files/).
-        path = Path(urlparse(location).path if location.startswith("file:") else location)
+        path = Path(unquote(urlparse(location).path) if location.startswith("file:") else location)
         roots.append(path.parent if location.startswith("file:") else path)
         tail = f"{path.name}/" if location.startswith("file:") else ""
         return f"http://127.0.0.1:{{port}}/{len(roots) - 1}/{tail}"
@@ -173,6 +188,8 @@ def local_pip_sources() -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     args = {name: translate(settings[key]) for name, key in
             [("PIP_INDEX_URL", "index-url"), ("PIP_EXTRA_INDEX_URL", "extra-index-url"),
              ("PIP_FIND_LINKS", "find-links")] if settings.get(key)}
+    passed_on = [("PIP_TRUSTED_HOST", "trusted-host"), ("PIP_NO_INDEX", "no-index")]
+    args.update({name: settings[key] for name, key in passed_on if settings.get(key)})
     secrets = {"pip_cert": settings["cert"]} if settings.get("cert") else {}
     # A fixed port: the addresses are build arguments, and a changed one would rebuild the Python layers.
     server = http.server.ThreadingHTTPServer(("127.0.0.1", PIP_SOURCES_PORT), partial(_Directories, roots=roots))

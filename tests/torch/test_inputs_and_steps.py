@@ -84,6 +84,40 @@ def test_a_dataset_read_by_loader_workers_forks_them_once_and_reshuffles_every_e
     assert len(readers) == 1 and readers == readers_again  # one worker process, kept for the next epoch
 
 
+class LabelledWhereRead(Dataset):
+    """(features, label, the process that read the sample)."""
+
+    def __init__(self):
+        self.x, self.y = tensors(0, 48)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, index):
+        import os
+        return self.x[index], self.y[index], torch.tensor(float(os.getpid()), dtype=torch.float64)
+
+
+class ReaderLogging(ht.Trainer):
+    def training_step(self, batch):
+        x, y, reader = batch
+        return {"loss": nn.functional.cross_entropy(self.model(x), y), "reader": reader.mean()}
+
+    def validation_step(self, batch):
+        x, y, reader = batch
+        return {"loss": nn.functional.cross_entropy(self.model(x), y), "reader": reader.mean()}
+
+
+def test_the_trainer_keeps_its_loader_workers_for_training_and_validation_across_epochs():
+    model, optimizer = model_and_optimizer()
+    history = ReaderLogging(model, optimizer, train_data=LabelledWhereRead(), val_data=LabelledWhereRead(),
+                            backend=ht.SerialBackend(), progress=False, batch_size=16, epochs=3,
+                            num_workers=1).fit()
+    train_readers = {round(epoch["reader"]) for epoch in history}
+    val_readers = {round(epoch["val_reader"]) for epoch in history}
+    assert len(train_readers) == len(val_readers) == 1 and train_readers != val_readers, history
+
+
 def test_an_iterable_dataset_trains_and_resumes_its_stream_where_it_stopped():
     trainer, history = train(Rows())
     assert trainer.ctx.global_step == 2 * 7 and trainer.ctx.steps_per_epoch is None

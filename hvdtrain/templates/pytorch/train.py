@@ -39,9 +39,10 @@ def load_data(seed: int, batch_size: int) -> tuple[DataLoader, DataLoader]:
     (x_train, y_train), (x_val, y_val) = digits(seed)
     train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     val = TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val))
-    workers = {"num_workers": 1, "persistent_workers": True}
-    return (DataLoader(train, batch_size=batch_size, shuffle=True, **workers),
-            DataLoader(val, batch_size=batch_size, **workers))
+    workers = 1  # loader processes per training process (0: read in the training process)
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers,
+                       persistent_workers=workers > 0),
+            DataLoader(val, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0))
 
 
 def build_model() -> nn.Module:
