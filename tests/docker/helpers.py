@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -45,8 +45,6 @@ class Engine:
 
     host: str
     cli: str
-    containers: list[str] = field(default_factory=list)
-    networks: list[str] = field(default_factory=list)
 
     @classmethod
     def read(cls) -> Engine:
@@ -82,20 +80,17 @@ class Engine:
 
     def start(self, *args: str, name: str) -> str:
         """``docker run -d --name NAME ARGS``; the container is removed by ``remove_all``."""
-        self.containers.append(name)
         self.run("run", "-d", "--name", name, "--label", TEST_LABEL, *args)
         return name
 
     def run_container(self, *args: str, name: str, timeout: float) -> subprocess.CompletedProcess:
         """``docker run --rm --name NAME ARGS`` to its end; removed also when the client is killed on a timeout."""
-        self.containers.append(name)
         try:
             return self.run("run", "--rm", "--name", name, "--label", TEST_LABEL, *args, timeout=timeout, check=False)
         finally:
             self.run("rm", "-f", "-v", name, check=False)
 
     def create_network(self, name: str, subnet: str = NETWORK_SUBNET) -> str:
-        self.networks.append(name)
         self.run("network", "create", "--driver", "bridge", "--subnet", subnet, "--label", TEST_LABEL, name)
         return name
 
@@ -108,8 +103,6 @@ class Engine:
         networks = self.run("network", "ls", "-q", "--filter", f"label={TEST_LABEL}", check=False).stdout.split()
         if networks:
             self.run("network", "rm", *networks, check=False)
-        self.containers.clear()
-        self.networks.clear()
 
 
 _STEP = re.compile(r"^#(\d+) \[(?:[\w.-]+ +)? *(\d+/\d+)\] (.*)$", re.M)
@@ -201,9 +194,3 @@ def local_pip_sources() -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def final_accuracy(output: str) -> float | None:
-    """The last ``val_accuracy=X`` a training run printed, if any."""
-    found = re.findall(r"val_accuracy=([0-9.]+)", output)
-    return float(found[-1]) if found else None

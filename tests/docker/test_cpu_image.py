@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.docker.conftest import SETUP_BUDGET, cpu_build_args
-from tests.docker.helpers import REPO, BuildError, Engine, final_accuracy, local_pip_sources
+from tests.docker.helpers import REPO, BuildError, Engine, local_pip_sources
+from tests.launcher.helpers import final_accuracy
 
 pytestmark = pytest.mark.docker
 

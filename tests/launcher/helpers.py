@@ -65,3 +65,9 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 # What `hvdtrain run` adds unless told otherwise: Horovod's stall inspector ends a job stalled 900 s.
 STALL_SHUTDOWN = ["--stall-check-shutdown-time-seconds", "900"]
+
+
+def final_accuracy(output: str) -> float | None:
+    """The ``final val_accuracy=X`` that the examples and generated projects print on rank 0, if there."""
+    found = re.findall(r"final val_accuracy=([0-9.]+)", output)
+    return float(found[-1]) if found else None

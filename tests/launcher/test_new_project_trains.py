@@ -1,11 +1,9 @@
 """A project made by `hvdtrain new` trains as it is, with its own `hvdtrain run -np 2`, for both frameworks."""
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from tests.launcher.helpers import hvdtrain
+from tests.launcher.helpers import final_accuracy, hvdtrain
 
 pytestmark = pytest.mark.parallel
 
@@ -19,8 +17,8 @@ def test_scaffolded_project_trains_checkpoints_and_resumes_on_two_workers(tmp_pa
     # The project's own launch settings (run.yaml) and hyper-parameters (config.yaml), shortened to 3 epochs.
     first = hvdtrain("run", "--config", "run.yaml", "-np", "2", "train.py", "--epochs", "3", cwd=project, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    accuracy = re.search(r"final val_accuracy=([0-9.]+)", first.stdout)
-    assert accuracy and float(accuracy[1]) > 0.8, first.stdout[-2000:]
+    accuracy = final_accuracy(first.stdout)
+    assert accuracy is not None and accuracy > 0.8, first.stdout[-2000:]
     assert sorted(p.name for p in (project / "runs" / "checkpoints").glob("ckpt-*.ckpt"))
     assert len((project / "runs" / "metrics.csv").read_text().splitlines()) == 3 + 1
 

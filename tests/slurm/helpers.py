@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -84,12 +83,6 @@ def cancel_jobs(job_ids: list[str]) -> None:
     """scancel those of ``job_ids`` still queued or running (a failed test leaves none behind)."""
     if job_ids:
         subprocess.run(["scancel", *job_ids], capture_output=True, timeout=COMMAND_TIMEOUT)
-
-
-def final_accuracy(log: str) -> float | None:
-    """The ``final val_accuracy=X`` a generated train.py prints on rank 0, if there."""
-    found = re.findall(r"final val_accuracy=([0-9.]+)", log)
-    return float(found[-1]) if found else None
 
 
 def log_tail(path: Path, chars: int = 4000) -> str:

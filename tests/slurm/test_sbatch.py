@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher.helpers import hvdtrain, write_script
-from tests.slurm.helpers import final_accuracy, log_tail, slurm_command
+from tests.launcher.helpers import final_accuracy, hvdtrain, write_script
+from tests.slurm.helpers import log_tail, slurm_command
 
 pytestmark = pytest.mark.parallel
 

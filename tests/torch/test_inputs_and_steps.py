@@ -103,9 +103,7 @@ class ReaderLogging(ht.Trainer):
         x, y, reader = batch
         return {"loss": nn.functional.cross_entropy(self.model(x), y), "reader": reader.mean()}
 
-    def validation_step(self, batch):
-        x, y, reader = batch
-        return {"loss": nn.functional.cross_entropy(self.model(x), y), "reader": reader.mean()}
+    validation_step = training_step
 
 
 def test_the_trainer_keeps_its_loader_workers_for_training_and_validation_across_epochs():
