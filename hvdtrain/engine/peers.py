@@ -4,7 +4,8 @@ allreduce of a few numbers takes microseconds; a Horovod one waits for its backg
 
 Each message is a fixed-size int64 header (its meaning is the caller's; its first entry is the
 payload's byte count) followed by the payload's raw bytes, both with the same tag, so MPI's
-per-pair, per-tag ordering keeps them together. Nothing is pickled. Sends return at once; their
+per-pair, per-tag ordering keeps them together. Nothing is pickled. A payload is any buffer MPI takes:
+a NumPy array, or GPU memory when MPI is CUDA-aware (``mpi_cuda_aware``). Sends return at once; their
 buffers (which may share memory with the caller's tensors: do not change those) are kept until
 ``flush``. Every wait is watched, so a peer that died or stalled ends this
 rank with a message naming the wait instead of a hang.
@@ -12,14 +13,59 @@ rank with a message naming the wait instead of a hang.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import ctypes
+import functools
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HEADER = 10
+CUDA_AWARE_VARIABLE = "HVDTRAIN_CUDA_AWARE_MPI"
 
 Watch = Callable[[str], contextlib.AbstractContextManager]
+Allocate = Callable[[int], tuple[Any, Any]]  # byte count -> (the buffer MPI fills, what the caller gets back)
+
+
+def _host_bytes(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+    buffer = np.empty(nbytes, dtype=np.uint8)
+    return buffer, buffer
+
+
+def loaded_mpi_libraries(maps: Path = Path("/proc/self/maps")) -> list[str]:
+    """The MPI libraries (``libmpi.so*``) mapped into this process, once mpi4py has started MPI."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return []
+    paths = (line.split(maxsplit=5)[-1] for line in lines if line.count(" ") >= 5)
+    return list(dict.fromkeys(p for p in paths if Path(p).name.startswith("libmpi.so")))
+
+
+def mpi_cuda_aware(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process's MPI takes CUDA memory: Open MPI's ``MPIX_Query_cuda_support()`` (built with
+    CUDA and enabled at run time), False for an MPI without that query. ``HVDTRAIN_CUDA_AWARE_MPI=1`` or
+    ``0`` decides instead. Call it after MPI has started.
+
+    Raises:
+        ValueError: the variable is set to something else.
+    """
+    forced = env.get(CUDA_AWARE_VARIABLE, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{CUDA_AWARE_VARIABLE}={forced!r}: set it to 1 (MPI takes CUDA memory), 0 (stage GPU "
+                             "tensors through pinned host memory), or leave it unset to ask MPI")
+        return forced == "1"
+    for path in loaded_mpi_libraries():
+        try:
+            query = ctypes.CDLL(path).MPIX_Query_cuda_support
+        except (OSError, AttributeError):
+            continue
+        query.restype = ctypes.c_int
+        return bool(query())
+    return False
 
 
 class PeerChannel:
@@ -35,23 +81,30 @@ class PeerChannel:
         self.mpi = mpi
         self.comm = comm
         self.watch = watch
-        self._pending: list[tuple[Any, tuple[np.ndarray, np.ndarray]]] = []
+        self._pending: list[tuple[Any, tuple[Any, ...]]] = []
 
-    def send(self, header: list[int], payload: np.ndarray, dest: int, tag: int) -> None:
-        """Start sending ``payload`` (a contiguous uint8 array) to ``dest``, after ``header``."""
+    @functools.cached_property
+    def cuda_aware(self) -> bool:
+        """Whether this channel may be given CUDA memory (``mpi_cuda_aware``)."""
+        return mpi_cuda_aware()
+
+    def send(self, header: list[int], payload: Any, dest: int, tag: int, keep: Any = None) -> None:
+        """Start sending ``payload`` (a contiguous byte buffer with ``nbytes``) to ``dest``, after ``header``;
+        ``payload`` and ``keep`` (the memory behind it, if another object owns it) live until ``flush``."""
         head = np.zeros(HEADER, dtype=np.int64)
         head[0] = payload.nbytes
         head[1:1 + len(header)] = header
         requests = [self.comm.Isend(head, dest=dest, tag=tag), self.comm.Isend(payload, dest=dest, tag=tag)]
-        self._pending += [(request, (head, payload)) for request in requests]
+        self._pending += [(request, (head, payload, keep)) for request in requests]
 
-    def receive(self, source: int, tag: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-        """The next message from ``source`` with ``tag``: (header after the byte count, payload bytes)."""
+    def receive(self, source: int, tag: int, what: str, allocate: Allocate = _host_bytes) -> tuple[np.ndarray, Any]:
+        """The next message from ``source`` with ``tag``: (header after the byte count, the payload as
+        ``allocate(byte count)`` gave it back, after MPI filled its buffer)."""
         head = np.empty(HEADER, dtype=np.int64)
         with self.watch(f"{what} from rank {source}"):
             self.comm.Irecv(head, source=source, tag=tag).Wait()
-            payload = np.empty(int(head[0]), dtype=np.uint8)
-            self.comm.Irecv(payload, source=source, tag=tag).Wait()
+            buffer, payload = allocate(int(head[0]))
+            self.comm.Irecv(buffer, source=source, tag=tag).Wait()
         return head[1:], payload
 
     def sum(self, values: np.ndarray, what: str) -> np.ndarray:

@@ -5,8 +5,9 @@ A model too big for one worker is split into stages, each on its own rank
 forward from stage to stage and their gradients flow back, in the order of the schedule
 (``hvdtrain.core.pipeline_schedule``: 1F1B or GPipe). Every micro-batch's loss is weighted by its
 share of the batch, so one pipeline step equals one step of the unsplit model on the whole batch.
-Tensors travel as raw bytes with their dtype and shape (``PeerChannel``): any batch shape, the last
-uneven one included, and float16/bfloat16, pass unchanged.
+Tensors travel as raw bytes with their dtype and shape (``TensorTransfer``): any batch shape, the last
+uneven one included, and float16/bfloat16, pass unchanged; GPU stages send from and receive into GPU
+memory when MPI is CUDA-aware, and through pinned host memory otherwise.
 """
 from __future__ import annotations
 
@@ -21,11 +22,9 @@ import torch
 from hvdtrain.core.layout import Layout
 from hvdtrain.core.pipeline_schedule import FORWARD, stage_actions
 from hvdtrain.engine.peers import PeerChannel
+from hvdtrain.torch.transfer import TensorTransfer
 
 _ACTIVATION, _GRADIENT = 1, 2
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
-           torch.int8, torch.uint8, torch.bool)
-_MAX_DIMS = 5
 
 
 
@@ -110,6 +109,7 @@ class StagePipeline:
         self.module, self.layout, self.peers = module, layout, peers
         self.schedule, self.micro_batches, self.device = schedule, micro_batches, device
         self.autocast = autocast
+        self.transfer = TensorTransfer(peers, device)
         stage_actions(schedule, layout.stage, layout.pipeline, micro_batches)  # a bad schedule fails here
         self.peak_saved = 0
 
@@ -191,31 +191,12 @@ class StagePipeline:
             self._send(grad, micro, self.layout.previous_stage_rank, _GRADIENT)
 
     def _send(self, tensor: torch.Tensor, micro: int, dest: int, tag: int) -> None:
-        header, payload = encode(tensor)
-        self.peers.send([micro, *header], payload, dest, tag)
+        self.transfer.send(tensor, [micro], dest, tag)
 
     def _receive(self, micro: int, source: int, tag: int, what: str) -> torch.Tensor:
-        header, payload = self.peers.receive(source, tag, f"stage {self.layout.stage} waiting for micro-batch "
-                                                          f"{micro}'s {what}")
-        if int(header[0]) != micro:
+        (sent_micro,), tensor = self.transfer.receive(source, tag, f"stage {self.layout.stage} waiting for "
+                                                                  f"micro-batch {micro}'s {what}", extra=1)
+        if sent_micro != micro:
             raise RuntimeError(f"stage {self.layout.stage} expected micro-batch {micro}'s {what} from rank {source} "
-                               f"but got micro-batch {int(header[0])}'s: the stages run different schedules")
-        return decode(header[1:], payload).to(self.device)
-
-
-def encode(tensor: torch.Tensor) -> tuple[list[int], np.ndarray]:
-    """(header: dtype index, dims, shape; payload: the raw bytes) of a tensor, for ``PeerChannel``."""
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"a pipeline stage passes one tensor to the next stage (got {type(tensor).__name__}); "
-                        "return a single tensor from every stage but the last")
-    if tensor.dtype not in _DTYPES or tensor.dim() > _MAX_DIMS:
-        raise TypeError(f"a stage output of dtype {tensor.dtype} with {tensor.dim()} dimensions cannot travel "
-                        f"between stages (dtypes {[str(d) for d in _DTYPES]}, up to {_MAX_DIMS} dimensions)")
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return [_DTYPES.index(tensor.dtype), tensor.dim(), *tensor.shape], flat.view(torch.uint8).numpy()
-
-
-def decode(header: np.ndarray, payload: np.ndarray) -> torch.Tensor:
-    dtype, dims = _DTYPES[int(header[0])], int(header[1])
-    shape = [int(d) for d in header[2:2 + dims]]
-    return torch.from_numpy(payload).view(dtype).reshape(shape)
+                               f"but got micro-batch {sent_micro}'s: the stages run different schedules")
+        return tensor

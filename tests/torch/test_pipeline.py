@@ -34,6 +34,7 @@ def test_the_pipeline_trains_exactly_as_the_unsplit_model(np, stages, configs):
         for config, found in rank["results"].items():
             schedule, micro = config.split(":")[:2]
             assert found["weight_error"] < 1e-10, (rank["rank"], config, found)
+            assert found["transfer"] == "host"
             assert found["loss"] == pytest.approx(found["ref_loss"], rel=1e-9)
             # GPipe holds every micro-batch's activations; 1F1B at most the stages still ahead, whatever M is.
             bound = int(micro) if schedule == "gpipe" else min(stages - rank["stage"], int(micro))

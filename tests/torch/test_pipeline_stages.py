@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import hvdtrain.torch as ht
-from hvdtrain.torch.pipeline import decode, encode, micro_batch_slices, split_sequential, stage_module
+from hvdtrain.torch.pipeline import micro_batch_slices, split_sequential, stage_module
+from hvdtrain.torch.transfer import DIRECT, HOST, PINNED, header_of, rebuild, transfer_mode
 
 
 def test_a_sequential_is_cut_where_the_parameter_counts_are_most_even():
@@ -37,11 +38,21 @@ def test_micro_batches_are_near_equal_and_never_empty():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool])
 def test_tensors_travel_as_raw_bytes_with_their_dtype_and_shape(dtype):
     tensor = (torch.randn(3, 1, 5) * 4).to(dtype)
-    header, payload = encode(tensor)
-    assert payload.nbytes == tensor.numel() * tensor.element_size()
-    assert torch.equal(decode(torch.tensor(header).numpy(), payload.copy()), tensor)
+    raw = tensor.reshape(-1).view(torch.uint8).clone()
+    assert raw.numel() == tensor.numel() * tensor.element_size()
+    assert torch.equal(rebuild(torch.tensor(header_of(tensor)).numpy(), raw), tensor)
     with pytest.raises(TypeError, match="one tensor to the next stage"):
-        encode((tensor, tensor))
+        header_of((tensor, tensor))
+    with pytest.raises(TypeError, match="complex64 with 3 dimensions cannot travel"):
+        header_of(tensor.to(torch.complex64))
+
+
+def test_a_gpu_stage_sends_gpu_memory_only_to_a_cuda_aware_mpi():
+    assert transfer_mode(torch.device("cpu"), cuda_aware=True) == HOST
+    assert transfer_mode(torch.device("cuda", 1), cuda_aware=True) == DIRECT
+    assert transfer_mode(torch.device("cuda", 0), cuda_aware=False) == PINNED
+    with pytest.raises(ValueError, match="on mps cannot send"):
+        transfer_mode(torch.device("mps"), cuda_aware=False)
 
 
 def test_stages_given_to_a_one_process_trainer_train_as_one_model():
@@ -87,3 +98,35 @@ def test_a_pipeline_under_elastic_is_refused_before_horovod_starts(monkeypatch):
     monkeypatch.setenv("HOROVOD_ELASTIC", "1")
     with pytest.raises(RuntimeError, match=r"cannot run under --elastic: .*horovod#4021"):
         initialize(hvd, pipeline=2, mpi=lambda: pytest.fail("MPI must not start"))
+
+
+_ASK_MPI = """
+import json, os
+from mpi4py import MPI
+from hvdtrain.engine.peers import loaded_mpi_libraries, mpi_cuda_aware
+print(json.dumps({"libraries": loaded_mpi_libraries(), "asked": mpi_cuda_aware(),
+                  "forced": [mpi_cuda_aware({"HVDTRAIN_CUDA_AWARE_MPI": v}) for v in ("1", "0")]}))
+try:
+    mpi_cuda_aware({"HVDTRAIN_CUDA_AWARE_MPI": "yes"})
+except ValueError as error:
+    print(error)
+"""
+
+
+def test_whether_mpi_takes_gpu_memory_is_asked_of_the_mpi_in_the_process():
+    import json
+    import subprocess
+    import sys
+
+    from tests.launch import REPO
+
+    built_with_cuda = subprocess.run(["ompi_info", "--parsable", "--all"], capture_output=True, text=True,
+                                     check=True).stdout
+    proc = subprocess.run([sys.executable, "-c", _ASK_MPI], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          check=True)
+    found = json.loads(proc.stdout.splitlines()[0])
+    assert any("libmpi.so" in path for path in found["libraries"]), found
+    if "mpi_built_with_cuda_support:value:false" in built_with_cuda:
+        assert found["asked"] is False
+    assert found["forced"] == [True, False]
+    assert "HVDTRAIN_CUDA_AWARE_MPI='yes': set it to 1" in proc.stdout

@@ -6,10 +6,11 @@ job trains in "16-mixed" (the float64 model is left alone by autocast, so the lo
 changes) and the first layer's gradient is made infinite at that optimizer step: only the first stage sees it.
 Each rank reports, per config, the largest difference between its stage's weights and the same layers of
 the reference, the training loss both logged, how many micro-batches' activations it held at once, and
-the loss scale.
+the loss scale. PIPELINE_DEVICE (say cuda:0) puts every stage on that device, the reference staying on the CPU.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -52,15 +53,18 @@ def loss_scale(trainer: ht.Trainer) -> float | None:
     return trainer.precision.scaler.get_scale() if trainer.precision.scaler else None
 
 
+on_device = {"device": os.environ["PIPELINE_DEVICE"]} if os.environ.get("PIPELINE_DEVICE") else {}
 results = {}
 for config in sys.argv[2:]:
-    pipeline_history, trainer = train(build(), config, batch_size=8)
+    pipeline_history, trainer = train(build(), config, batch_size=8, **on_device)
     reference = build()
     reference_history, unsplit = train(reference, config, batch_size=8 * layout.data_size,
                                        backend=ht.SerialBackend())
     mine = dict(split_sequential(reference, stages)[layout.stage].named_parameters())
-    error = max((p.detach() - mine[name].detach()).abs().max().item() for name, p in trainer.model.named_parameters())
+    error = max((p.detach().cpu() - mine[name].detach()).abs().max().item()
+                for name, p in trainer.model.named_parameters())
     results[config] = {"weight_error": error, "loss": pipeline_history[-1]["loss"],
                        "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.pipeline.peak_saved,
-                       "scale": loss_scale(trainer), "ref_scale": loss_scale(unsplit)}
+                       "scale": loss_scale(trainer), "ref_scale": loss_scale(unsplit),
+                       "device": str(trainer.device), "transfer": trainer.pipeline.transfer.mode}
 report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "results": results})
