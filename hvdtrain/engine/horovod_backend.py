@@ -9,10 +9,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from hvdtrain.core import job_reports
 from hvdtrain.core.distributed import local_slot
 from hvdtrain.core.elastic import ElasticState
 from hvdtrain.core.layout import Layout
+from hvdtrain.engine.mpi_world import MpiWorld
 from hvdtrain.engine.peers import PeerChannel
 from hvdtrain.engine.reporting import reporter_from_env
 from hvdtrain.engine.watchdog import Watchdog, start_heartbeat, timeout_from_env
@@ -44,6 +47,8 @@ class HorovodBackendBase:
     _tensor_process_set: Any = None
     _peer_comm: Any = None  # (mpi4py's MPI module, the pipeline's communicator)
     _peers: PeerChannel | None = None
+    # A pipeline's world, when Horovod's is one stage's replicas (``initialize(pipeline=P)``).
+    _world: MpiWorld | None = None
 
     def __init__(self, hvd: Any, init_hint: str, elastic_state_base: type) -> None:
         if not hvd.is_initialized():
@@ -56,8 +61,8 @@ class HorovodBackendBase:
 
     def _start_watching(self) -> Watchdog:
         """This process's watchdog, and its reports to ``hvdtrain run`` (when it started the job)."""
-        watchdog = Watchdog(self.hvd.rank(), timeout_from_env())
-        reporter = reporter_from_env(lambda: self.hvd.rank(), lambda: watchdog.rank, watchdog.waiting)
+        watchdog = Watchdog(self.rank, timeout_from_env())
+        reporter = reporter_from_env(lambda: self.rank, lambda: watchdog.rank, watchdog.waiting)
         if reporter is not None:
             watchdog.on_timeout = functools.partial(reporter.failed, job_reports.COLLECTIVE_TIMEOUT)
             reporter.start()
@@ -66,20 +71,31 @@ class HorovodBackendBase:
     # Read live: elastic training rebuilds the world under a running backend.
 
     @property
+    def mpi_world(self) -> MpiWorld | None:
+        """The world's collectives over MPI, when Horovod's world is smaller (a pipeline); else None."""
+        return HorovodBackendBase._world
+
+    @property
     def rank(self) -> int:
-        return self.hvd.rank()
+        world = self.mpi_world
+        return world.rank if world else self.hvd.rank()
 
     @property
     def size(self) -> int:
-        return self.hvd.size()
+        world = self.mpi_world
+        return world.size if world else self.hvd.size()
 
     @property
     def local_rank(self) -> int:
-        return local_slot(self.hvd.local_rank(), self.hvd.local_size())[0]
+        return local_slot(*self._node_slot())[0]
 
     @property
     def local_size(self) -> int:
-        return local_slot(self.hvd.local_rank(), self.hvd.local_size())[1]
+        return local_slot(*self._node_slot())[1]
+
+    def _node_slot(self) -> tuple[int, int]:
+        world = self.mpi_world
+        return (world.local_rank, world.local_size) if world else (self.hvd.local_rank(), self.hvd.local_size())
 
     @property
     def layout(self) -> Layout:
@@ -94,6 +110,14 @@ class HorovodBackendBase:
         if layout.data_size == 1 and layout.world_size > 1:
             return None
         return HorovodBackendBase._data_process_set or self.hvd.global_process_set
+
+    def data_rank_in_horovod(self, data_rank: int) -> int:
+        """Horovod's rank of this rank's data-parallel replica ``data_rank`` (in a pipeline Horovod's world
+        is the stage's replicas; elsewhere Horovod's world is the job's)."""
+        if self.mpi_world is not None:
+            return data_rank
+        layout = self.layout
+        return layout.rank_of(layout.stage, data_rank)
 
     @property
     def tensor_process_set(self) -> Any:
@@ -180,14 +204,18 @@ class HorovodBackendBase:
         return f"hvdtrain.{kind}.{next(self._calls)}"
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
-        name = self.name("allreduce_sum")
-        with self.watch(f"the collective {name}"):
-            return self.allreduce_floats(values, self.hvd.Sum, name)
+        return self._reduce_floats(values, "sum", self.hvd.Sum)
 
     def allreduce_max(self, values: Sequence[float]) -> list[float]:
-        name = self.name("allreduce_max")
+        return self._reduce_floats(values, "max", self.hvd.Max)
+
+    def _reduce_floats(self, values: Sequence[float], op: str, horovod_op: Any) -> list[float]:
+        name = self.name(f"allreduce_{op}")
         with self.watch(f"the collective {name}"):
-            return self.allreduce_floats(values, self.hvd.Max, name)
+            world = self.mpi_world
+            if world:
+                return world.reduce(np.asarray(values, dtype=np.float64), op).tolist()
+            return self.allreduce_floats(values, horovod_op, name)
 
     def allreduce_floats(self, values: Sequence[float], op: Any, name: str) -> list[float]:
         """Reduce a float64 vector with ``op``; the framework-specific part."""
@@ -196,12 +224,15 @@ class HorovodBackendBase:
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         name = self.name("broadcast_object")
         with self.watch(f"the collective {name}"):
-            return self.hvd.broadcast_object(obj, root_rank=root, name=name)
+            world = self.mpi_world
+            return world.broadcast_object(obj, root) if world else self.hvd.broadcast_object(obj, root_rank=root,
+                                                                                            name=name)
 
     def allgather_object(self, obj: Any) -> list[Any]:
         name = self.name("allgather_object")
         with self.watch(f"the collective {name}"):
-            return self.hvd.allgather_object(obj, name=name)
+            world = self.mpi_world
+            return world.allgather_object(obj) if world else self.hvd.allgather_object(obj, name=name)
 
     def barrier(self) -> None:
         # Not every framework binding has hvd.barrier; a one-element allreduce blocks the same way.
@@ -209,8 +240,8 @@ class HorovodBackendBase:
 
 
 def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None, tensor: int = 1) -> None:
-    """``hvd.init()``; with ``pipeline`` > 1 stages, also the layout, one Horovod process set per stage's
-    replicas, and an MPI communicator for the stages' point-to-point messages; with ``tensor`` > 1 slices,
+    """``hvd.init()``; with ``pipeline`` > 1 stages, Horovod on each stage's replicas alone, the layout, and
+    MPI communicators for the world's collectives and the stages' point-to-point messages; with ``tensor`` > 1 slices,
     the layout and a Horovod process set per data group and per tensor group.
 
     Args:
@@ -226,6 +257,7 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
     """
     HorovodBackendBase._fixed_layout = HorovodBackendBase._data_process_set = None  # an earlier init's
     HorovodBackendBase._tensor_process_set = HorovodBackendBase._peer_comm = HorovodBackendBase._peers = None
+    HorovodBackendBase._world = None
     if pipeline == 1 and tensor == 1:
         hvd.init()
         return
@@ -243,12 +275,17 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
         raise RuntimeError(f"pipeline={pipeline} needs MPI's point-to-point messages, which this framework's "
                            "adapter does not provide")
     MPI = mpi()
-    comm = _mpi_world(pipeline, MPI)
+    comm = _checked_mpi_world(pipeline, MPI)
     layout = Layout.for_world(comm.Get_size(), comm.Get_rank(), pipeline)
-    per_stage = [hvd.ProcessSet(group) for group in layout.data_groups()] if layout.data_size > 1 else []
-    hvd.init(process_sets=per_stage)  # joins the MPI that mpi4py started with MPI_THREAD_MULTIPLE
+    # Horovod's world is this stage's replicas (``mpi_world``): its background thread then negotiates only
+    # with the ranks that average gradients with this one, and with none when the stage has one replica.
+    replicas = comm.Split(color=layout.stage, key=layout.data_rank)
+    hvd.init(comm=replicas)  # joins the MPI that mpi4py started with MPI_THREAD_MULTIPLE
+    if (hvd.size(), hvd.rank()) != (layout.data_size, layout.data_rank):
+        raise RuntimeError(f"Horovod started on stage {layout.stage}'s replicas as rank {hvd.rank()} of "
+                           f"{hvd.size()}, not as replica {layout.data_rank} of {layout.data_size}")
     HorovodBackendBase._fixed_layout = layout
-    HorovodBackendBase._data_process_set = per_stage[layout.stage] if per_stage else None
+    HorovodBackendBase._world = MpiWorld(MPI, comm.Dup())
     HorovodBackendBase._peer_comm = (MPI, comm.Dup())
 
 
@@ -278,7 +315,7 @@ def _launched_world() -> tuple[int, int]:
                        "and none is set: launch with hvdtrain run, horovodrun or mpirun")
 
 
-def _mpi_world(pipeline: int, MPI: Any) -> Any:
+def _checked_mpi_world(pipeline: int, MPI: Any) -> Any:
     """MPI's world for a pipeline, started by mpi4py with full thread support before Horovod joins it."""
     world = MPI.COMM_WORLD
     launched = int(os.environ.get("HOROVOD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", world.Get_size())))

@@ -135,7 +135,7 @@ class HorovodBackend(HorovodBackendBase):
                           "model and optimizer state")
         if process_set is None:  # the stage's only replica
             return
-        root = layout.rank_of(layout.stage, 0)
+        root = self.data_rank_in_horovod(0)
         with self.watch("the initial broadcast of the stage's model and optimizer"):
             handles = [hvd.broadcast_async_(tensor, root_rank=root, name=f"hvdtrain.part{layout.part}.{name}",
                                             process_set=process_set) for name, tensor in sorted(tensors.items())]
@@ -144,12 +144,22 @@ class HorovodBackend(HorovodBackendBase):
 
     def start_max(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise max over ranks of ``tensor``; ``wait`` returns the result."""
-        return tensor if self.size == 1 else hvd.allreduce_async(tensor, op=hvd.Max, name=name)
+        return self._start_world_reduce(tensor, "max", hvd.Max, name)
 
     def start_sum(self, tensor: torch.Tensor, name: str) -> Any:
         """Start an element-wise sum over ranks of ``tensor``; ``wait`` returns the result (a world of one sends
         nothing: a Horovod op waits for the background thread's next cycle, a millisecond)."""
-        return tensor if self.size == 1 else hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
+        return self._start_world_reduce(tensor, "sum", hvd.Sum, name)
+
+    def _start_world_reduce(self, tensor: torch.Tensor, op: str, horovod_op: Any, name: str) -> Any:
+        if self.size == 1:
+            return tensor
+        world = self.mpi_world
+        if world is None:
+            return hvd.allreduce_async(tensor, op=horovod_op, name=name)
+        with self.watch(f"the collective {name}"):  # a pipeline's world: MPI's, at once (the result is the handle)
+            total = world.reduce(tensor.detach().cpu().numpy(), op)
+        return torch.from_numpy(total).to(tensor.device)
 
     def start_reducescatter(self, tensor: torch.Tensor, name: str) -> Any:
         return self._in_data_group(hvd.reducescatter_async, tensor, name=name, op=hvd.Average)
