@@ -21,6 +21,7 @@ from benchmarks import launch as launching
 STAGES = 2
 VARIANTS = {  # name: (launcher, np, worker)
     "hvdtrain": ("mpirun", STAGES, "pipeline_hvdtrain.py"),
+    "hvdtrain stage loop (no Trainer)": ("mpirun", STAGES, "pipeline_stage_loop.py"),
     "torch.distributed.pipelining": ("torchrun", STAGES, "pipeline_torch.py"),
 }
 

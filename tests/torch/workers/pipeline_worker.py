@@ -67,4 +67,7 @@ for config in sys.argv[2:]:
                        "ref_loss": reference_history[-1]["loss"], "peak_saved": trainer.pipeline.peak_saved,
                        "scale": loss_scale(trainer), "ref_scale": loss_scale(unsplit),
                        "device": str(trainer.device), "transfer": trainer.pipeline.transfer.mode}
-report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "results": results})
+import horovod.torch as hvd  # noqa: E402
+
+report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "results": results,
+        "horovod_world": [hvd.rank(), hvd.size()], "local": [backend.local_rank, backend.local_size]})
