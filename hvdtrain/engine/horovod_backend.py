@@ -104,8 +104,9 @@ class HorovodBackendBase:
 
     @property
     def data_process_set(self) -> Any:
-        """The Horovod process set of this rank's data-parallel group: Horovod's global set when it is the
-        whole world, None when this rank is its stage's only replica (nothing to average)."""
+        """The Horovod process set of this rank's data-parallel group: Horovod's global set when Horovod's world
+        is that group (the whole job without model parallelism; in a pipeline, the stage's replicas), None
+        when this rank is its stage's only replica (nothing to average)."""
         layout = self.layout
         if layout.data_size == 1 and layout.world_size > 1:
             return None
@@ -263,9 +264,11 @@ def initialize(hvd: Any, pipeline: int = 1, mpi: Callable[[], Any] | None = None
         return
     what = f"pipeline={pipeline}" if pipeline > 1 else f"tensor={tensor}"
     if os.environ.get("HOROVOD_ELASTIC") == "1":
-        raise RuntimeError(f"{what} cannot run under --elastic: Horovod's elastic mode breaks its process sets "
-                           "(horovod#4021), which model parallelism's gradient averaging needs. Launch without "
-                           "--elastic (hvdtrain run -np N, mpirun or horovodrun).")
+        why = ("Horovod's elastic mode rebuilds its world over Gloo as workers come and go, while a pipeline's "
+               "stages run on fixed MPI communicators") if pipeline > 1 else \
+            "Horovod's elastic mode breaks its process sets (horovod#4021), which tensor slices average over"
+        raise RuntimeError(f"{what} cannot run under --elastic: {why}. Launch without --elastic "
+                           "(hvdtrain run -np N, mpirun or horovodrun).")
     if pipeline > 1 and tensor > 1:
         raise RuntimeError(f"pipeline={pipeline} with tensor={tensor} is not supported yet: choose one of them")
     if tensor > 1:

@@ -9,9 +9,11 @@ over MPI directly, on a communicator of their own.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 Watch = Callable[[str], contextlib.AbstractContextManager]
@@ -32,6 +34,9 @@ class MpiWorld:
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self._ops = {"sum": mpi.SUM, "max": mpi.MAX}
+        # Objects travel as Horovod's object collectives send them: cloudpickled (a callback's state may hold
+        # a lambda, which plain pickle refuses), read back by pickle (cloudpickle writes plain pickle streams).
+        mpi.pickle.__init__(cloudpickle.dumps, pickle.loads)
 
     def reduce(self, values: np.ndarray, op: str) -> np.ndarray:
         """Element-wise ``op`` ("sum" or "max") of every rank's ``values``."""

@@ -35,13 +35,14 @@ def _host_bytes(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def loaded_mpi_libraries(maps: Path = Path("/proc/self/maps")) -> list[str]:
-    """The MPI libraries (``libmpi.so*``) mapped into this process, once mpi4py has started MPI."""
+    """The MPI libraries (``libmpi*.so*``: Open MPI's, Cray's, Spectrum's) mapped into this process, once
+    mpi4py has started MPI."""
     try:
         lines = maps.read_text().splitlines()
     except OSError:
         return []
     paths = (line.split(maxsplit=5)[-1] for line in lines if line.count(" ") >= 5)
-    return list(dict.fromkeys(p for p in paths if Path(p).name.startswith("libmpi.so")))
+    return list(dict.fromkeys(p for p in paths if Path(p).name.startswith("libmpi") and ".so" in Path(p).name))
 
 
 def mpi_cuda_aware(env: Mapping[str, str] = os.environ) -> bool:

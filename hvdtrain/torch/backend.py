@@ -158,8 +158,8 @@ class HorovodBackend(HorovodBackendBase):
         if world is None:
             return hvd.allreduce_async(tensor, op=horovod_op, name=name)
         with self.watch(f"the collective {name}"):  # a pipeline's world: MPI's, at once (the result is the handle)
-            total = world.reduce(tensor.detach().cpu().numpy(), op)
-        return torch.from_numpy(total).to(tensor.device)
+            total = world.reduce(tensor.detach().double().cpu().numpy().reshape(-1), op)
+        return torch.from_numpy(total).reshape(tensor.shape).to(tensor.device, tensor.dtype)
 
     def start_reducescatter(self, tensor: torch.Tensor, name: str) -> Any:
         return self._in_data_group(hvd.reducescatter_async, tensor, name=name, op=hvd.Average)

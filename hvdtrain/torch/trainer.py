@@ -476,7 +476,7 @@ def _check_pipeline_options(o: TrainingOptions, optimizer: Any, training_step: S
     problems = [
         (custom, "runs the default step loss_fn(model(x), y) with metrics=: a custom training_step, "
                  "validation_step or predict_step cannot be split across stages"),
-        (o.op == "adasum", "averages gradients (op='average' or 'sum'): Horovod's Adasum needs the whole world"),
+        (o.op == "adasum", "averages gradients (op='average' or 'sum'): Adasum is not supported in a pipeline yet"),
         (is_distributed(optimizer), "builds each stage's distributed optimizer itself: give the plain optimizer "
                                     "(or a factory params -> optimizer), not one already wrapped"),
     ]

@@ -85,6 +85,9 @@ class TensorTransfer:
     def _allocate(self, nbytes: int) -> tuple[Any, torch.Tensor]:
         if self.mode == DIRECT:
             raw = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            # The caching allocator may hand back a block that kernels still queued on the stream read; MPI
+            # writes outside the stream's order, so they must finish first.
+            torch.cuda.current_stream(self.device).synchronize()
             return raw, raw
         raw = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.mode == PINNED)
         return raw.numpy(), raw

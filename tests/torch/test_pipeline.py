@@ -34,6 +34,7 @@ def test_the_pipeline_trains_exactly_as_the_unsplit_model(np, stages, configs):
         # Horovod's world is the stage's replicas; the backend's local facts are the node's (one node here).
         assert rank["horovod_world"] == [rank["replica"], np // stages], rank
         assert rank["local"] == [rank["rank"], np], rank
+        assert rank["from_root"] == 0 and rank["gathered"] == [r // (np // stages) for r in range(np)], rank
         for config, found in rank["results"].items():
             schedule, micro = config.split(":")[:2]
             assert found["weight_error"] < 1e-10, (rank["rank"], config, found)

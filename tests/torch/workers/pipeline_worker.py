@@ -70,4 +70,7 @@ for config in sys.argv[2:]:
 import horovod.torch as hvd  # noqa: E402
 
 report({"rank": layout.rank, "stage": layout.stage, "replica": layout.data_rank, "results": results,
-        "horovod_world": [hvd.rank(), hvd.size()], "local": [backend.local_rank, backend.local_size]})
+        "horovod_world": [hvd.rank(), hvd.size()], "local": [backend.local_rank, backend.local_size],
+        # Objects cross the world as Horovod sends them: a function (a callback's state may hold one) too.
+        "from_root": backend.broadcast_object(lambda: layout.rank, 0)(),
+        "gathered": [f() for f in backend.allgather_object(lambda: layout.stage)]})
