@@ -65,7 +65,7 @@ fi
 stage install 120 bash -c install_carried || exit 1
 stage build 300 bash -c build || exit 1
 stage doctor 60 "$PYTHON" -m hvdtrain doctor
-stage gpu-tests 240 "$PYTHON" -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rA --junitxml "$OUT/gpu-tests.xml"
+stage gpu-tests 300 "$PYTHON" -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rA --junitxml "$OUT/gpu-tests.xml"
 stage gpu-bench 180 "$(dirname "$PYTHON")/horovodrun" -np 1 --gloo "$PYTHON" -m benchmarks.gpu --warmup 5 --steps 20 \
   --output "$OUT/performance-gpu.md"
 cat "$OUT/summary.txt"
