@@ -59,9 +59,21 @@ class TensorBatches:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        gpus = sorted({t.device for t in self.tensors if t.device.type == "cuda"}, key=str)
         for indices in self.sampler.order:
             index = torch.from_numpy(indices)
-            yield tuple([_rows(t, index, pinned) for t, pinned in zip(self.tensors, self._pinned)])
+            on_gpu = _indices_on(gpus, index)
+            yield tuple([_rows(t, on_gpu.get(t.device, index), pinned)
+                         for t, pinned in zip(self.tensors, self._pinned)])
+
+
+def _indices_on(gpus: list[torch.device], index: torch.Tensor) -> dict[torch.device, torch.Tensor]:
+    """``index`` on each of ``gpus``, copied from pinned memory without making the host wait (a copy from
+    ordinary memory would be a host synchronisation every batch)."""
+    if not gpus:
+        return {}
+    pinned = index.pin_memory()
+    return {gpu: pinned.to(gpu, non_blocking=True) for gpu in gpus}
 
 
 def _placed(tensors: tuple[torch.Tensor, ...], device: torch.device | None) -> tuple[torch.Tensor, ...]:
@@ -78,7 +90,7 @@ def _rows(tensor: torch.Tensor, index: torch.Tensor, pinned: bool) -> torch.Tens
     """The rows ``index`` of ``tensor``; from pinned memory (``pinned``) into pinned memory, so the copy to
     the GPU is asynchronous."""
     if not pinned:
-        return tensor.index_select(0, index if tensor.device.type == "cpu" else index.to(tensor.device))
+        return tensor.index_select(0, index)
     rows = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
     return torch.index_select(tensor, 0, index, out=rows)
 

@@ -1,9 +1,9 @@
 """Counts the host synchronisations per optimizer step on the GPU: a raw Horovod loop against the Trainer.
 
-``torch.cuda.set_sync_debug_mode("warn")`` warns at every operation that makes the host wait for the GPU
-(an ``.item()``, a blocking copy to the host, a ``torch.cuda.synchronize``); the warnings are counted over
-the timed steps only. Horovod's ``synchronize()`` waits for the allreduce in its own thread and is not
-counted by torch: both loops have it. Reports {"raw": per step, "trainer": {precision: per step}}.
+``torch.cuda.set_sync_debug_mode("warn")`` warns at each torch operation that makes the host wait for the
+GPU (an ``.item()``, a blocking copy between host and GPU; not ``torch.cuda.synchronize()`` or event
+waits); the warnings are counted over the timed batches only, each with its fetch. At np=1 neither loop
+allreduces. Reports {"control": one ``.item()``'s count, "raw": per step, "trainer": {precision: per step}}.
 SYNC_COUNT_DEVICE=cpu runs the same loops on the CPU, counting nothing (a check of the script itself).
 """
 from __future__ import annotations
@@ -67,16 +67,14 @@ def raw_horovod(counter: SyncCounter, x: torch.Tensor, y: torch.Tensor) -> float
 
 def trainer(counter: SyncCounter, x: torch.Tensor, y: torch.Tensor, precision: str) -> float:
     class Count(Callback):
-        def on_batch_begin(self, ctx) -> None:
-            counter.counting = ctx.global_step >= WARMUP
-
-        def on_batch_end(self, ctx) -> None:
-            counter.counting = False
+        def on_batch_end(self, ctx) -> None:  # counts the next batch, its fetch included
+            counter.counting = WARMUP <= ctx.global_step < WARMUP + STEPS
 
     counter.count = 0
     net = model()
     ht.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.01), nn.functional.cross_entropy,
-               (x.cpu(), y.cpu()), batch_size=BATCH, epochs=1, precision=precision, device=DEVICE,
+               (x.cpu(), y.cpu()), batch_size=BATCH, epochs=1, precision=precision,
+               device=None if DEVICE == "cuda" else DEVICE,  # the default cuda:0 on the GPU, as users get it
                callbacks=[Count()], progress=False, scale_lr=False).fit()
     return counter.count / STEPS
 
@@ -87,10 +85,13 @@ def main() -> None:
     x = torch.randn((WARMUP + STEPS) * BATCH, 64, generator=generator).to(DEVICE)
     y = torch.randint(0, 10, ((WARMUP + STEPS) * BATCH,), generator=generator).to(DEVICE)
     counter = SyncCounter()
+    counter.counting = True
+    torch.ones((), device=DEVICE).item()
+    control, counter.counting, counter.count = counter.count, False, 0
     raw = raw_horovod(counter, x, y)
     counter.count = 0
     per_precision = {precision: trainer(counter, x, y, precision) for precision in ("32", "bf16-mixed", "16-mixed")}
-    report({"rank": backend.rank, "raw": raw, "trainer": per_precision})
+    report({"rank": backend.rank, "control": control, "raw": raw, "trainer": per_precision})
 
 
 if __name__ == "__main__":

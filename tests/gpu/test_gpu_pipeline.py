@@ -13,8 +13,12 @@ EXACT = REPO / "tests" / "torch" / "workers" / "pipeline_worker.py"
 
 
 def _mpi_missing() -> str | None:
+    import importlib.util
+
     import horovod.torch as hvd
 
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed: a pipeline's stages send with it"
     if shutil.which("mpirun") is None:
         return "no mpirun on this machine: a pipeline's stages send with MPI"
     if not hvd.mpi_built():

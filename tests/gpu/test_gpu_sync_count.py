@@ -14,6 +14,7 @@ EXPECTED_EXTRA = {"32": 1, "bf16-mixed": 1, "16-mixed": 2}
 
 def test_the_trainer_adds_no_host_synchronisation_but_its_flag_reads():
     counts = results(run_workers(WORKER, np=1, timeout=240))[0]
+    assert counts["control"] == 1, f"the counter missed a known synchronisation: {counts}"
     print(f"host synchronisations per step: raw Horovod loop {counts['raw']:g}, Trainer {counts['trainer']}")
     for precision, per_step in counts["trainer"].items():
         assert per_step <= counts["raw"] + EXPECTED_EXTRA[precision], (precision, counts)

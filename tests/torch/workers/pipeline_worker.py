@@ -21,6 +21,17 @@ from hvdtrain.torch.pipeline import split_sequential
 from tests.launch import report
 
 stages = int(sys.argv[1])
+if os.environ.get("PIPELINE_DEVICE"):
+    # Every stage on the one GPU of the machine lent for the GPU suite: hvdtrain refuses more workers per node
+    # than GPUs, so this test places its ranks itself.
+    import hvdtrain.torch.backend
+
+    def place_every_rank_on_one_device(*_) -> None:
+        device = torch.device(os.environ["PIPELINE_DEVICE"])
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+
+    hvdtrain.torch.backend.pin_gpu = place_every_rank_on_one_device
 backend = ht.init(pipeline=stages)
 layout = backend.layout
 
@@ -59,7 +70,7 @@ for config in sys.argv[2:]:
     pipeline_history, trainer = train(build(), config, batch_size=8, **on_device)
     reference = build()
     reference_history, unsplit = train(reference, config, batch_size=8 * layout.data_size,
-                                       backend=ht.SerialBackend())
+                                       backend=ht.SerialBackend(), device="cpu")
     mine = dict(split_sequential(reference, stages)[layout.stage].named_parameters())
     error = max((p.detach().cpu() - mine[name].detach()).abs().max().item()
                 for name, p in trainer.model.named_parameters())
