@@ -55,12 +55,13 @@ if "{module}" == "torch":
     }}
 print({tag!r} + json.dumps(result), flush=True)
 """
-# A pipeline's stages send with mpi4py beside Horovod's MPI thread: both need MPI_THREAD_MULTIPLE.
+# A pipeline's stages send with mpi4py beside Horovod's MPI thread: both need MPI_THREAD_MULTIPLE, and
+# Horovod starts on an mpi4py communicator (the stage's replicas), which only works on the same MPI.
 _PIPELINE_PROBE = """
 import json
 from mpi4py import MPI
 import horovod.torch as hvd
-hvd.init()
+hvd.init(comm=MPI.COMM_WORLD.Dup())
 mpi = bool(hvd.mpi_enabled())
 result = {{"mpi4py_threads": MPI.Query_thread() == MPI.THREAD_MULTIPLE, "horovod_mpi": mpi,
           "horovod_threads": mpi and bool(hvd.mpi_threads_supported())}}
