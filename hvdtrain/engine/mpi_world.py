@@ -8,15 +8,11 @@ over MPI directly, on a communicator of their own.
 """
 from __future__ import annotations
 
-import contextlib
 import pickle
-from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 import numpy as np
-
-Watch = Callable[[str], contextlib.AbstractContextManager]
 
 
 class MpiWorld:
